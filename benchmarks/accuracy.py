@@ -1,0 +1,101 @@
+"""Accuracy benchmark: the default recipe of `medclassify train DATA --out RUN` (or overrides) on each
+shared dataset's train split, evaluated once on its official test split.
+
+    python benchmarks/accuracy.py                       # all datasets, default recipe
+    python benchmarks/accuracy.py --datasets chest_xray --set image_size=160 --set augment=medical
+
+Prints a table and writes benchmarks/results/accuracy.json (one entry per dataset)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+DATASETS = ["chest_xray", "alzheimer_mri", "brain_tumor_mri"]
+TARGETS = {
+    "chest_xray": {"accuracy": 0.95, "auc": 0.99},
+    "alzheimer_mri": {"accuracy": 0.90, "macro_f1": 0.85},
+    "brain_tumor_mri": {"accuracy": 0.85},
+}
+
+
+def parse_value(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"none": None, "true": True, "false": False}.get(v.lower(), v)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="*", default=DATASETS)
+    ap.add_argument("--set", action="append", default=[], help="override a TrainConfig field, e.g. image_size=160")
+    ap.add_argument("--runs", default="/tmp/medclassify-bench-runs", help="where the runs are written")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "accuracy.json"))
+    ap.add_argument("--tag", default="default", help="label for this recipe in the JSON")
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        print(f"SKIP: shared datasets not found at {SHARED}; nothing to benchmark.")
+        return 0
+    from medclassify.config import TrainConfig
+    from medclassify.evaluation.evaluate import evaluate
+    from medclassify.reporting import Reporter
+    from medclassify.training.fit import train
+
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    overrides = {k: parse_value(v) for k, v in overrides.items()}
+    results = []
+    for name in args.datasets:
+        data = SHARED / name
+        if not data.is_dir():
+            print(f"SKIP {name}: {data} not found")
+            continue
+        out = Path(args.runs) / f"{name}-{args.tag}"
+        config = TrainConfig(data=str(data), out=str(out), **overrides)
+        t0 = time.perf_counter()
+        result = train(config, reporter=Reporter(), overwrite=True)
+        wall = time.perf_counter() - t0
+        test = evaluate(result.run_dir, split="test", reporter=Reporter(quiet=True))
+        info = json.loads((result.run_dir / "run.json").read_text())
+        hist = (result.run_dir / "history.csv").read_text().splitlines()
+        rates = [float(line.split(",")[-1]) for line in hist[1:]]
+        row = {
+            "dataset": name, "tag": args.tag, "model": config.model, "image_size": config.image_size,
+            "epochs": result.epochs_run, "best_epoch": result.best_epoch, "train_wall_s": round(result.train_seconds, 1),
+            "total_wall_s": round(wall, 1), "cache_build_s": info["timings"]["cache_build_s"],
+            "train_images_per_s": round(sum(rates) / len(rates), 1) if rates else None,
+            "epoch_seconds": [round(float(line.split(",")[-2]), 1) for line in hist[1:]],
+            "val_accuracy": round(result.val_metrics["accuracy"], 4), "val_balanced_accuracy": round(result.val_metrics["balanced_accuracy"], 4),
+            "test_accuracy": round(test["accuracy"], 4), "test_balanced_accuracy": round(test["balanced_accuracy"], 4),
+            "test_macro_f1": round(test["macro_f1"], 4), "test_auc": round(test["auc"], 4) if test["auc"] is not None else None,
+            "test_recall": {c: round(m["recall"], 3) for c, m in test["per_class"].items()},
+            "config": {k: v for k, v in config.model_dump().items() if k not in ("data", "out")},
+            "targets": TARGETS.get(name, {}),
+        }
+        row["targets_met"] = {k: (row[f"test_{k}"] or 0) >= v for k, v in row["targets"].items()}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\n{'dataset':16s} {'model':20s} {'px':>4s} {'ep':>3s} {'train s':>8s} {'img/s':>6s} {'val acc':>8s} "
+          f"{'test acc':>8s} {'bal acc':>8s} {'macroF1':>8s} {'AUC':>7s}")
+    for r in results:
+        print(f"{r['dataset']:16s} {r['model']:20s} {r['image_size']:4d} {r['epochs']:3d} {r['train_wall_s']:8.0f} "
+              f"{r['train_images_per_s'] or 0:6.1f} {r['val_accuracy']:8.4f} {r['test_accuracy']:8.4f} "
+              f"{r['test_balanced_accuracy']:8.4f} {r['test_macro_f1']:8.4f} {r['test_auc'] or 0:7.4f}")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(out.read_text()) if out.is_file() else []
+    keep = [p for p in previous if (p["dataset"], p["tag"]) not in {(r["dataset"], r["tag"]) for r in results}]
+    out.write_text(json.dumps(keep + results, indent=2))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

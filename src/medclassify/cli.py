@@ -1,0 +1,185 @@
+"""Command line: parses, calls the library, prints. User mistakes end in one line and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import MedClassifyError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, evaluate and use medical image classifiers from a folder of labelled images.")
+
+
+def _reporter(quiet: bool = False):
+    from .reporting import Reporter
+
+    return Reporter(quiet=quiet)
+
+
+def _print(*renderables) -> None:
+    from rich.console import Console
+
+    console = Console()
+    for r in renderables:
+        console.print(r)
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="Dataset: a folder with one sub-folder per class (optionally inside train/val/test), or a labels CSV."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
+    model: str = typer.Option(None, help="Architecture: seed_cnn, efficientnet_lite0/1/2, or any timm name. Default: the recommended recipe."),
+    epochs: int = typer.Option(None, help="Maximum number of epochs (the time budget may run fewer)."),
+    image_size: int = typer.Option(None, "--image-size", help="Square input size in pixels."),
+    time_budget: str = typer.Option(None, "--time-budget", help="Training time budget, e.g. 15m; sizes the epochs to this machine. 'off' to disable."),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
+    optimizer: str = typer.Option(None, help="adamw or sgd."),
+    scheduler: str = typer.Option(None, help="cosine, step or constant (after warm-up)."),
+    augment: str = typer.Option(None, help="Augmentation preset: none, light, medical, robust."),
+    resize: str = typer.Option(None, help="pad (keep aspect ratio) or squash."),
+    normalize: str = typer.Option(None, help="fixed (model mean/std) or per-image standardisation."),
+    channels: str = typer.Option(None, help="auto, 1 or 3."),
+    imbalance: str = typer.Option(None, help="none, weights, sqrt-weights or sampler."),
+    label_smoothing: float = typer.Option(None, "--label-smoothing"),
+    pretrained: str = typer.Option(None, help="auto, imagenet (offline, efficientnet_lite*), hub (online) or none."),
+    weights: Path = typer.Option(None, help="Local state-dict or safetensors file to start from."),
+    patient_pattern: str = typer.Option(None, "--patient-pattern", help="Regex with a named group 'patient' (or preset: kermany, cnmc) to keep each patient in one split."),
+    val_fraction: float = typer.Option(None, "--val-fraction"),
+    test_fraction: float = typer.Option(None, "--test-fraction"),
+    early_stopping: int = typer.Option(None, "--early-stopping", help="Patience in epochs; 0 disables."),
+    monitor: str = typer.Option(None, help="Validation metric for the best checkpoint: balanced_accuracy, accuracy, macro_f1, auc, loss."),
+    precision: str = typer.Option(None, help="auto, fp32 or bf16."),
+    device: str = typer.Option(None, help="auto, cpu or cuda."),
+    seed: int = typer.Option(None),
+    threads: int = typer.Option(None, help="CPU threads for PyTorch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Train a classifier and write a self-contained run directory."""
+    from .config import TrainConfig, parse_duration
+
+    given = {k: v for k, v in dict(
+        model=model, epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        scheduler=scheduler, augment=augment, resize=resize, normalize=normalize, imbalance=imbalance,
+        label_smoothing=label_smoothing, pretrained=pretrained, weights=str(weights) if weights else None,
+        patient_pattern=patient_pattern, val_fraction=val_fraction, test_fraction=test_fraction,
+        early_stopping=early_stopping, monitor=monitor, precision=precision, device=device, seed=seed, threads=threads,
+    ).items() if v is not None}
+    if channels is not None:
+        given["channels"] = channels if channels == "auto" else int(channels) if channels.isdigit() else channels
+    if time_budget is not None:
+        given["time_budget"] = parse_duration(time_budget)
+    elif epochs is not None:
+        given["time_budget"] = None  # an explicit epoch count is honoured exactly
+    config = _config(TrainConfig, data=str(data), out=str(out), **given)
+    from .evaluation.tables import metrics_table
+    from .training.fit import train as run_training
+
+    result = run_training(config, reporter=_reporter(quiet), overwrite=overwrite)
+    _print(*metrics_table(result.val_metrics, f"validation (best epoch {result.best_epoch})"))
+    typer.echo(f"Run written to {result.run_dir}")
+
+
+def _config(cls, **values):
+    from pydantic import ValidationError
+
+    from .errors import ConfigError
+
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]).replace("_", "-")
+        raise ConfigError(f"Invalid --{field}: {err['msg']} (got {err.get('input')!r}).", "see `medclassify train --help`.") from None
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory."),
+    split: str = typer.Option("test", help="Split of the run to evaluate on."),
+    data: Path = typer.Option(None, help="Evaluate on this labelled folder or CSV instead of a split."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Evaluate a run on its test split (or another split or folder); saves metrics/<split>.json in the run."""
+    from .evaluation.evaluate import evaluate as run_eval
+    from .evaluation.tables import metrics_table
+
+    metrics = run_eval(run, split=split, data=data, reporter=_reporter(quiet))
+    _print(*metrics_table(metrics, f"{metrics['split']} ({metrics['n']} images)"))
+    typer.echo(f"Metrics saved to {Path(run) / 'metrics' / (metrics['split'] + '.json')}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run directory."),
+    inputs: List[Path] = typer.Argument(..., help="Image files, folders, or a CSV/TXT listing paths."),
+    out: Path = typer.Option("predictions.csv", "--out", "-o", help="CSV to write."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Predict images with a trained run; writes per-class probabilities and the predicted class to a CSV."""
+    from collections import Counter
+
+    from .inference.predictor import predict_files
+
+    preds = predict_files(run, inputs, out, reporter=_reporter(quiet))
+    counts = Counter(p.label for p in preds if p.label)
+    typer.echo(f"{len(preds)} image(s): " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())) + f"; written to {out}")
+
+
+@app.command()
+def models(all_timm: bool = typer.Option(False, "--timm", help="Also list every timm architecture.")):
+    """List the model names train accepts."""
+    from .models import get_spec, list_models
+
+    for name in list_models():
+        spec = get_spec(name)
+        typer.echo(f"{name:22s} {spec.description}")
+    if all_timm:
+        import timm
+
+        typer.echo("\n".join(timm.list_models()))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("medclassify-demo"), "--out", "-o", help="Folder for the generated data and the run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """End to end on a generated dataset: train, evaluate, predict (about a minute on 2 cores)."""
+    from .demo import run_demo
+
+    summary = run_demo(out, reporter=_reporter(quiet))
+    typer.echo(summary)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except MedClassifyError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            return e.exit_code
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            typer.echo("aborted", err=True)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Training configuration: every knob of a run, validated once, saved in the run directory."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from .errors import ConfigError
+
+# The recommended recipe: what a bare `medclassify train DATA --out RUN` does. Chosen on validation
+# splits with benchmarks/accuracy.py (figures in the README and the closing note of issue 2).
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_IMAGE_SIZE = 192
+DEFAULT_TIME_BUDGET = 15 * 60.0
+DEFAULT_MAX_EPOCHS = 30
+
+
+class TrainConfig(BaseModel):
+    data: str
+    out: str
+    model: str = DEFAULT_MODEL
+    pretrained: Literal["auto", "imagenet", "none", "hub"] = "auto"
+    weights: str | None = None
+    image_size: int = DEFAULT_IMAGE_SIZE
+    resize: Literal["pad", "squash"] = "pad"
+    channels: Literal["auto", 1, 3] = "auto"
+    normalize: Literal["fixed", "per-image"] = "per-image"
+    augment: str = "robust"
+    epochs: int = Field(DEFAULT_MAX_EPOCHS, ge=1)
+    time_budget: float | None = DEFAULT_TIME_BUDGET  # seconds of training; sizes the epochs
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    scheduler: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.5, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    imbalance: Literal["none", "weights", "sqrt-weights", "sampler"] = "sqrt-weights"
+    drop_rate: float = Field(0.2, ge=0, lt=1)
+    early_stopping: int = Field(5, ge=0)  # patience in epochs; 0 turns it off
+    monitor: Literal["balanced_accuracy", "accuracy", "macro_f1", "auc", "loss"] = "balanced_accuracy"
+    seed: int = 0
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    patient_pattern: str | None = None
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int | None = None  # decode processes for the cache; default: all cores
+    threads: int | None = None  # torch intra-op threads; default: all cores
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        if not 16 <= v <= 1024:
+            raise ValueError("image size must be between 16 and 1024 pixels")
+        return v
+
+
+def parse_duration(text: str | float | int | None) -> float | None:
+    """'15m', '90s', '1h30m', '900' -> seconds."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = text.strip().lower()
+    if s in ("0", "none", "off"):
+        return None
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|m|min|s|sec)", s)
+    if not parts or "".join(a + b for a, b in parts) != re.sub(r"\s+", "", s):
+        raise ConfigError(f"Cannot read time budget {text!r}.", "write it like 15m, 90s or 1h30m.")
+    mult = {"h": 3600, "m": 60, "min": 60, "s": 1, "sec": 1}
+    return sum(float(a) * mult[b] for a, b in parts)

@@ -1,0 +1,136 @@
+"""Decode-once image cache: every image of a dataset decoded, converted and resized once into a
+uint8 memmap (N, H, W, C) on disk, keyed by the file list (paths, sizes, mtimes), the image size,
+the resize mode and the channel count. Later epochs and later runs read the memmap."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .images import UnreadableImage, load_for_model
+
+CACHE_VERSION = 1
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MEDCLASSIFY_CACHE", Path.home() / ".cache" / "medclassify"))
+
+
+def cache_key(paths: Sequence[str], size: int, resize_mode: str, channels: int) -> str:
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{resize_mode}|{channels}".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}|missing\n".encode())
+    return h.hexdigest()[:20]
+
+
+@dataclass
+class ImageCache:
+    directory: Path
+    paths: list[str]
+    images: np.ndarray  # memmap (N, H, W, C) uint8; rows of unreadable files are zero
+    errors: dict[str, str]  # path -> reason, for files that could not be decoded
+    build_seconds: float  # 0 when loaded from disk
+    row_of: dict[str, int]
+
+    def rows(self, paths: Sequence[str]) -> np.ndarray:
+        return np.fromiter((self.row_of[p] for p in paths), dtype=np.int64, count=len(paths))
+
+    @property
+    def hit(self) -> bool:
+        return self.build_seconds == 0.0
+
+
+def _decode_one(args):
+    path, size, resize_mode, channels = args
+    try:
+        return path, load_for_model(path, size, resize_mode, channels), None
+    except UnreadableImage as e:
+        return path, None, e.reason
+    except Exception as e:  # a worker must never die on one file
+        return path, None, f"{type(e).__name__}: {e}"
+
+
+def build_cache(
+    paths: Sequence[str],
+    size: int,
+    resize_mode: str,
+    channels: int,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    root: Path | None = None,
+) -> ImageCache:
+    paths = list(paths)
+    key = cache_key(paths, size, resize_mode, channels)
+    root = root or cache_root()
+    final = root / key
+    if (final / "index.json").is_file():
+        try:
+            return _open(final)
+        except (OSError, ValueError, KeyError):
+            shutil.rmtree(final, ignore_errors=True)  # a damaged entry is rebuilt
+    root.mkdir(parents=True, exist_ok=True)
+    partial = root / f"{key}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    t0 = time.perf_counter()
+    try:
+        arr = np.lib.format.open_memmap(partial / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), size, size, channels))
+        errors: dict[str, str] = {}
+        row_of = {p: i for i, p in enumerate(paths)}
+        workers = workers or min(os.cpu_count() or 1, 8)
+        jobs = [(p, size, resize_mode, channels) for p in paths]
+        done = 0
+        if workers > 1 and len(paths) > 64:
+            with get_context("fork").Pool(workers) as pool:
+                for path, img, err in pool.imap_unordered(_decode_one, jobs, chunksize=16):
+                    done = _store(arr, row_of, errors, path, img, err, done, len(paths), progress)
+        else:
+            for job in jobs:
+                done = _store(arr, row_of, errors, *_decode_one(job), done, len(paths), progress)
+        arr.flush()
+        del arr
+        (partial / "index.json").write_text(json.dumps({"version": CACHE_VERSION, "paths": paths, "errors": errors,
+                                                        "size": size, "resize": resize_mode, "channels": channels}))
+        try:
+            os.replace(partial, final)
+        except OSError:  # another process finished the same cache first
+            shutil.rmtree(partial, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    cache = _open(final)
+    cache.build_seconds = time.perf_counter() - t0
+    return cache
+
+
+def _store(arr, row_of, errors, path, img, err, done, total, progress):
+    if err is None:
+        arr[row_of[path]] = img
+    else:
+        errors[path] = err
+    done += 1
+    if progress:
+        progress(done, total)
+    return done
+
+
+def _open(directory: Path) -> ImageCache:
+    meta = json.loads((directory / "index.json").read_text())
+    images = np.load(directory / "images.npy", mmap_mode="r")
+    paths = meta["paths"]
+    if images.shape[0] != len(paths):
+        raise ValueError("cache index and array disagree")
+    return ImageCache(directory, paths, images, meta["errors"], 0.0, {p: i for i, p in enumerate(paths)})

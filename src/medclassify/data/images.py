@@ -1,0 +1,194 @@
+"""Decoding one image file into a uint8 array, the same way for training, evaluation and prediction.
+
+Every path that turns a file into pixels goes through `decode` and `resize`, so the cache, the
+Predictor and the audit see identical arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+RESIZE_MODES = ("pad", "squash")
+# Largest image we agree to decode; beyond it Pillow's own bomb check would fire anyway.
+MAX_PIXELS = 120_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Channels whose values differ by at most this are treated as one grey channel (JPEG chroma noise).
+GRAY_TOLERANCE = 3
+
+
+class UnreadableImage(Exception):
+    """A file that cannot be decoded; `reason` is a short human-readable cause."""
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    mode: str  # the file's own mode: L, RGB, I;16, P, DICOM, ...
+    gray_content: bool  # single-channel content, even when stored as RGB
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale 16-bit or float pixel data to 0..255 by its own range (not by the nominal bit depth,
+    which would leave 12-bit scans nearly black)."""
+    if arr.dtype == np.uint8:
+        return arr
+    arr = arr.astype(np.float32)
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _pil_to_array(img: Image.Image) -> np.ndarray:
+    """Pillow image in any mode -> uint8 array, HxW (grey) or HxWx3 (colour)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _to_uint8(np.asarray(img))
+    if img.mode == "L":
+        return np.asarray(img)
+    if img.mode in ("1", "LA"):
+        return np.asarray(img.convert("L"))
+    if img.mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"):
+        img = img.convert("RGB")
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def is_gray_content(arr: np.ndarray) -> bool:
+    if arr.ndim == 2:
+        return True
+    # Subsample: a few thousand pixels decide it.
+    step = max(1, int(np.sqrt(arr.shape[0] * arr.shape[1] / 4096)))
+    sub = arr[::step, ::step].astype(np.int16)
+    return bool(
+        np.abs(sub[..., 0] - sub[..., 1]).max() <= GRAY_TOLERANCE
+        and np.abs(sub[..., 1] - sub[..., 2]).max() <= GRAY_TOLERANCE
+    )
+
+
+def _open_pil(path: Path, draft_size: int | None) -> Image.Image:
+    img = Image.open(path)
+    if img.width * img.height > MAX_PIXELS:
+        raise UnreadableImage(path, f"{img.width}x{img.height} pixels is over the {MAX_PIXELS:,}-pixel limit")
+    if draft_size and img.format == "JPEG":
+        # JPEG DCT scaling: decode at >= 2x the target size, 2-4x faster for large X-rays.
+        img.draft(img.mode, (draft_size * 2, draft_size * 2))
+    img.load()
+    return img
+
+
+def decode(path: Path | str, draft_size: int | None = None) -> np.ndarray:
+    """Decode a file to uint8, HxW or HxWx3. Raises UnreadableImage with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImage(path, "file does not exist")
+    if path.stat().st_size == 0:
+        raise UnreadableImage(path, "empty file (0 bytes)")
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        from .dicom import read_dicom
+
+        return read_dicom(path)
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        img = _open_pil(path, draft_size)
+    except UnreadableImage:
+        raise
+    except UnidentifiedImageError:
+        if _looks_like_dicom(path):
+            from .dicom import read_dicom
+
+            return read_dicom(path)
+        raise UnreadableImage(path, "not an image file Pillow can identify") from None
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(path, f"decompression bomb refused ({e})") from None
+    except OSError as e:
+        raise UnreadableImage(path, f"corrupt or truncated image ({e})") from None
+    except Exception as e:  # Pillow raises assorted errors on malformed files
+        raise UnreadableImage(path, f"cannot decode ({type(e).__name__}: {e})") from None
+    try:
+        return _pil_to_array(img)
+    except Exception as e:
+        raise UnreadableImage(path, f"cannot convert mode {img.mode} ({e})") from None
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        return len(head) == 132 and head[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def probe(path: Path | str, max_side: int = 256) -> ImageInfo:
+    """Size, stored mode and whether the content is grey, from a cheap reduced decode."""
+    path = Path(path)
+    if path.suffix.lower() in (".dcm", ".dicom") or _looks_like_dicom(path):
+        arr = decode(path)
+        return ImageInfo(arr.shape[1], arr.shape[0], "DICOM", is_gray_content(arr))
+    try:
+        with Image.open(path) as img:
+            w, h, mode = img.width, img.height, img.mode
+    except Exception:
+        arr = decode(path)  # raises UnreadableImage with the reason
+        return ImageInfo(arr.shape[1], arr.shape[0], "?", is_gray_content(arr))
+    arr = decode(path, draft_size=max_side)
+    return ImageInfo(w, h, mode, is_gray_content(arr))
+
+
+def to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
+    """HxW or HxWx3 uint8 -> HxWxC with C = 1 or 3. Colour becomes grey by ITU-R 601 luma."""
+    if channels == 1:
+        if arr.ndim == 3:
+            arr = (arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114 + 0.5).astype(np.uint8)
+        return arr[..., None]
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=2)
+    return arr
+
+
+def resize(arr: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
+    """HxWxC uint8 -> size x size x C. `pad` keeps the aspect ratio and pads with black;
+    `squash` stretches to the square."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+    h, w, c = arr.shape
+    img = Image.fromarray(arr[..., 0] if c == 1 else arr)
+    if mode == "squash" or h == w:
+        out = np.asarray(img.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
+    else:
+        scale = size / max(h, w)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        small = np.asarray(img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0))
+        out = np.zeros((size, size) + small.shape[2:], np.uint8)
+        top, left = (size - nh) // 2, (size - nw) // 2
+        out[top : top + nh, left : left + nw] = small
+    if out.ndim == 2:
+        out = out[..., None]
+    return out
+
+
+def load_for_model(path: Path | str, size: int, resize_mode: str, channels: int) -> np.ndarray:
+    """The single preprocessing entry: file -> size x size x C uint8."""
+    arr = decode(path, draft_size=size)
+    return resize(to_channels(arr, channels), size, resize_mode)
+
+
+def array_for_model(arr: np.ndarray, size: int, resize_mode: str, channels: int) -> np.ndarray:
+    """Same as load_for_model for pixels already in memory (uploads, DICOM slices)."""
+    return resize(to_channels(_to_uint8(arr) if arr.dtype != np.uint8 else arr, channels), size, resize_mode)

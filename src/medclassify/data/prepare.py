@@ -1,0 +1,119 @@
+"""From a dataset path to everything training needs: records with splits, the decoded-image cache,
+the preprocessing. Unreadable files are removed, counted and listed, never silently dropped."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from ..errors import DataError
+from ..reporting import Reporter
+from .cache import ImageCache, build_cache
+from .preprocessing import Preprocessing, channel_stats, detect_channels
+from .sources import DatasetIndex, Record, attach_patients, scan_folder
+from .splits import assign_splits, patient_overlap
+
+
+@dataclass
+class PreparedData:
+    index: DatasetIndex
+    records: list[Record]  # readable images, every one with a split
+    classes: list[str]
+    cache: ImageCache
+    preprocessing: Preprocessing
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> reason
+    channel_census: tuple[int, int] = (0, 0)  # (grey, colour) among the sampled images
+    patient_overlap: dict[str, list[str]] = field(default_factory=dict)
+
+    def split(self, name: str) -> list[Record]:
+        return [r for r in self.records if r.split == name]
+
+    def summary(self) -> dict:
+        counts: dict[str, Counter] = {}
+        for r in self.records:
+            counts.setdefault(r.split, Counter())[r.label] += 1
+        return {
+            "root": self.index.root,
+            "layout": self.index.layout,
+            "classes": self.classes,
+            "counts": {s: dict(sorted(c.items())) for s, c in sorted(counts.items())},
+            "skipped_unreadable": len(self.skipped),
+            "ignored_non_image_files": len(self.index.ignored_files),
+            "grey_vs_colour_sample": list(self.channel_census),
+            "patients_known": sum(1 for r in self.records if r.patient),
+            "patients_in_several_splits": len(self.patient_overlap),
+        }
+
+
+def load_cache(records: list[Record], prep: Preprocessing, reporter: Reporter, workers: int | None = None) -> ImageCache:
+    paths = sorted({r.path for r in records})
+    with reporter.task("Decoding images into the cache", len(paths)) as bar:
+        cache = build_cache(paths, prep.image_size, prep.resize, prep.channels, workers=workers,
+                            progress=lambda done, total: bar.update(done))
+    if cache.hit:
+        reporter.info(f"Image cache: {len(paths)} images loaded from {cache.directory} (no decoding).")
+    else:
+        reporter.info(f"Image cache: decoded {len(paths)} images in {cache.build_seconds:.1f} s "
+                      f"({len(paths) / max(cache.build_seconds, 1e-9):.0f} img/s) into {cache.directory}.")
+    return cache
+
+
+def prepare(
+    data: str,
+    *,
+    image_size: int,
+    resize: str,
+    channels: str | int,
+    normalize: str,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    patient_pattern: str | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    reporter: Reporter,
+    workers: int | None = None,
+) -> PreparedData:
+    index = attach_patients(scan_folder(data), patient_pattern)
+    if index.ignored_files:
+        reporter.warn(f"{len(index.ignored_files)} non-image file(s) in class folders ignored (first: {index.ignored_files[0]}).")
+    if patient_pattern:
+        known = sum(1 for r in index.records if r.patient)
+        reporter.info(f"Patient ids found for {known} of {len(index.records)} images.")
+        if known == 0:
+            raise DataError(f"Patient pattern {patient_pattern!r} matched no file name in {data}.",
+                            "check the pattern against a few file names, or leave it out.")
+    train_paths = [r.path for r in index.records if r.split in (None, "train")]
+    census = (0, 0)
+    if channels == "auto":
+        n_ch, grey, colour = detect_channels(train_paths, seed=seed)
+        census = (grey, colour)
+        reporter.info(f"Channels: {n_ch} ({grey} grey, {colour} colour among {grey + colour} sampled training images"
+                      f"{'; grey content stored as RGB is read as one channel' if n_ch == 1 else ''}).")
+    else:
+        n_ch = int(channels)
+    m, s = channel_stats(mean, std, n_ch)
+    prep = Preprocessing(image_size=image_size, resize=resize, channels=n_ch, mean=m, std=s, normalize=normalize)
+    cache = load_cache(index.records, prep, reporter, workers)
+    skipped = {p: cache.errors[p] for p in sorted(cache.errors)}
+    if skipped:
+        first = next(iter(skipped.items()))
+        reporter.warn(f"{len(skipped)} unreadable file(s) skipped and listed in the run's skipped.csv "
+                      f"(first: {first[0]}: {first[1]}).")
+    records = [r for r in index.records if r.path not in skipped]
+    lost = {r.label for r in index.records} - {r.label for r in records if r.split in (None, "train")}
+    if lost:
+        raise DataError(f"Every training image of class(es) {', '.join(sorted(lost))} is unreadable.",
+                        "replace the corrupt files (see the list above).")
+    records = assign_splits(records, val_fraction, test_fraction, seed)
+    for split in ("val",):
+        have = {r.label for r in records if r.split == split}
+        missing = set(index.classes) - have
+        if missing:
+            reporter.warn(f"The {split} split has no images of {', '.join(sorted(missing))}; its metrics ignore those classes.")
+    overlap = patient_overlap(records)
+    if overlap:
+        reporter.warn(f"{len(overlap)} patient(s) have images in more than one split (official split folders): "
+                      "scores on those splits are optimistic.")
+    classes = index.classes
+    return PreparedData(index, [replace(r) for r in records], classes, cache, prep, skipped, census, overlap)

@@ -1,0 +1,86 @@
+"""Augmentation presets applied on the fly to batches of cached images (float tensors in [0, 1],
+(N, C, H, W)), with independent random parameters per image. Named presets after torchvision's
+references/classification/presets.py."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AugmentPreset:
+    name: str
+    description: str
+    hflip: float = 0.0  # probability
+    rotate_deg: float = 0.0
+    scale: tuple[float, float] = (1.0, 1.0)
+    translate: float = 0.0  # fraction of the side
+    brightness: float = 0.0  # +- additive
+    contrast: float = 0.0  # +- multiplicative around the image mean
+    gamma: float = 0.0  # +- log2 range of the gamma exponent
+    noise_std: float = 0.0
+
+
+PRESETS: dict[str, AugmentPreset] = {
+    p.name: p
+    for p in (
+        AugmentPreset("none", "no augmentation"),
+        AugmentPreset("light", "horizontal flip and small shifts", hflip=0.5, translate=0.05),
+        AugmentPreset(
+            "medical",
+            "flip, rotate +-10 deg, scale 0.9-1.1, brightness/contrast +-20%, Gaussian noise",
+            hflip=0.5, rotate_deg=10, scale=(0.9, 1.1), translate=0.05, brightness=0.2, contrast=0.2, noise_std=0.02,
+        ),
+        AugmentPreset(
+            "robust",
+            "medical plus gamma and stronger contrast changes, for test sets from other scanners",
+            hflip=0.5, rotate_deg=10, scale=(0.85, 1.15), translate=0.06, brightness=0.25, contrast=0.35, gamma=0.6,
+            noise_std=0.03,
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> AugmentPreset:
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown augmentation preset {name!r}.", f"use one of: {', '.join(PRESETS)}.")
+    return PRESETS[name]
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=g) * (hi - lo) + lo
+
+
+def augment(x: torch.Tensor, preset: AugmentPreset, g: torch.Generator) -> torch.Tensor:
+    """Apply `preset` to a float batch in [0, 1]; returns a new tensor, clamped to [0, 1]."""
+    if preset.name == "none":
+        return x
+    n = x.shape[0]
+    geometric = preset.rotate_deg or preset.scale != (1.0, 1.0) or preset.translate or preset.hflip
+    if geometric:
+        angle = _uniform(n, -preset.rotate_deg, preset.rotate_deg, g) * (math.pi / 180)
+        s = _uniform(n, *preset.scale, g)
+        flip = torch.where(torch.rand(n, generator=g) < preset.hflip, -1.0, 1.0)
+        tx = _uniform(n, -preset.translate, preset.translate, g) * 2
+        ty = _uniform(n, -preset.translate, preset.translate, g) * 2
+        cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+        theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        x = F.grid_sample(x.contiguous(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if preset.contrast or preset.brightness:
+        c = _uniform(n, 1 - preset.contrast, 1 + preset.contrast, g).view(n, 1, 1, 1)
+        b = _uniform(n, -preset.brightness, preset.brightness, g).view(n, 1, 1, 1)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * c + mean + b
+    if preset.gamma:
+        gam = torch.pow(2.0, _uniform(n, -preset.gamma, preset.gamma, g)).view(n, 1, 1, 1)
+        x = x.clamp(1e-4, 1).pow(gam)
+    if preset.noise_std:
+        x = x + torch.randn(x.shape, generator=g) * preset.noise_std
+    return x.clamp_(0, 1).contiguous(memory_format=torch.channels_last)

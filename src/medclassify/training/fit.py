@@ -1,0 +1,278 @@
+"""The fit loop: data preparation, model, optimiser and schedule, epochs with validation, and a
+complete run directory at the end."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .. import __version__
+from ..config import TrainConfig
+from ..data.prepare import PreparedData, prepare
+from ..data.transforms import augment, get_preset
+from ..errors import ConfigError
+from ..evaluation.metrics import compute_metrics
+from ..inference.cached import autocast_context, predict_rows
+from ..models import create_model, get_spec
+from ..reporting import Reporter
+from ..run import FORMAT_VERSION, RunWriter, load_run, save_weights, write_json, write_split_csv
+from .callbacks import BestCheckpoint, EarlyStopping, History
+from .imbalance import class_weights, epoch_order
+from .precision import choose_amp_dtype
+from .schedule import lr_multiplier
+
+CALIBRATION_STEPS = 6  # steps timed (after 2 warm-up steps) to size epochs to the time budget
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible.", "use --device cpu or auto.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_pretrained(config: TrainConfig) -> str:
+    if config.pretrained != "auto":
+        return config.pretrained
+    if config.weights:
+        return "none"
+    return "imagenet" if get_spec(config.model).offline_pretrained else "none"
+
+
+def check_input_size(model: nn.Module, size: int, channels: int, model_name: str) -> None:
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, channels, size, size))
+    except RuntimeError as e:
+        reason = str(e).splitlines()[0][:120]
+        raise ConfigError(f"Model {model_name} cannot take {size}x{size} images ({reason}).",
+                          "choose a larger --image-size (64 or more works for every built-in model).") from None
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    epochs_run: int
+    val_metrics: dict
+    train_seconds: float
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, data: PreparedData, reporter: Reporter):
+        self.config, self.data, self.reporter = config, data, reporter
+        self.device = resolve_device(config.device)
+        self.classes = data.classes
+        cls_index = {c: i for i, c in enumerate(self.classes)}
+        train, val = data.split("train"), data.split("val")
+        self.train_rows = data.cache.rows([r.path for r in train])
+        self.train_labels = np.array([cls_index[r.label] for r in train], dtype=np.int64)
+        self.val_rows = data.cache.rows([r.path for r in val])
+        self.val_labels = np.array([cls_index[r.label] for r in val], dtype=np.int64)
+        self.prep = data.preprocessing
+        self.preset = get_preset(config.augment)
+
+    def build_model(self) -> nn.Module:
+        c = self.config
+        model = create_model(c.model, len(self.classes), self.prep.channels, resolve_pretrained(c), c.weights, c.drop_rate)
+        return model.to(self.device).to(memory_format=torch.channels_last)
+
+    def run(self, writer: RunWriter) -> TrainResult:
+        c, rep = self.config, self.reporter
+        seed_everything(c.seed)
+        model = self.build_model()
+        amp = choose_amp_dtype(model, self.device, c.precision)
+        scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+        weights = class_weights(self.train_labels, len(self.classes), c.imbalance)
+        loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(self.device),
+                                      label_smoothing=c.label_smoothing)
+        optimizer = build_optimizer(model, c)
+        base_lrs = [g["lr"] for g in optimizer.param_groups]
+        n_train = len(self.train_rows)
+        steps_per_epoch = max(1, math.ceil(n_train / c.batch_size))
+        epochs = c.epochs
+        total_steps = epochs * steps_per_epoch
+        warmup = int(c.warmup_epochs * steps_per_epoch)
+        rng = np.random.default_rng(c.seed)
+        gen = torch.Generator().manual_seed(c.seed)
+        history = History(writer.path / "history.csv")
+        best = BestCheckpoint(writer.path / "model.safetensors", c.monitor)
+        stopper = EarlyStopping(c.early_stopping)
+        rep.info(f"Training {c.model} ({resolve_pretrained(c)} weights) on {n_train} images, validating on "
+                 f"{len(self.val_rows)}; {self.prep.channels} channel(s), {self.prep.image_size} px, "
+                 f"precision {'fp32' if amp is None else str(amp).removeprefix('torch.')}, device {self.device}.")
+        if c.imbalance != "none":
+            rep.info(f"Imbalance handling: {c.imbalance}"
+                     + (f" (class weights {', '.join(f'{w:.2f}' for w in weights.tolist())})" if weights is not None else ""))
+        step, t_start, epoch_done = 0, time.perf_counter(), 0
+        calibrated = c.time_budget is None
+        try:
+            for epoch in range(1, epochs + 1):
+                model.train()
+                t_epoch = time.perf_counter()
+                order = epoch_order(self.train_labels, c.imbalance if c.imbalance == "sampler" else "none", rng)
+                loss_sum = correct = seen = 0.0
+                t_cal = None
+                with rep.task(f"epoch {epoch}/{epochs}", steps_per_epoch, fields="loss {task.fields[loss]:.4f}") as bar:
+                    for b in range(steps_per_epoch):
+                        idx = order[b * c.batch_size : (b + 1) * c.batch_size]
+                        rows = self.train_rows[idx]
+                        sort = np.argsort(rows)
+                        x = self.prep.to_tensor(self.data.cache.images[rows[sort]])
+                        y = torch.from_numpy(self.train_labels[idx][sort])
+                        x = self.prep.normalise(augment(x, self.preset, gen)).to(self.device, non_blocking=True)
+                        y = y.to(self.device)
+                        for g, base in zip(optimizer.param_groups, base_lrs):
+                            g["lr"] = base * lr_multiplier(step, total_steps, warmup, c.scheduler)
+                        with autocast_context(self.device, amp):
+                            logits = model(x)
+                            loss = loss_fn(logits.float(), y)
+                        optimizer.zero_grad(set_to_none=True)
+                        if scaler:
+                            scaler.scale(loss).backward()
+                            scaler.step(optimizer)
+                            scaler.update()
+                        else:
+                            loss.backward()
+                            optimizer.step()
+                        if not torch.isfinite(loss):
+                            raise ConfigError(f"Training diverged (loss {loss.item()}) at epoch {epoch}.",
+                                              "lower --lr (e.g. by 10x) or use --precision fp32.")
+                        step += 1
+                        loss_sum += loss.item() * len(idx)
+                        correct += (logits.argmax(1) == y).sum().item()
+                        seen += len(idx)
+                        bar.advance(1, loss=loss_sum / seen)
+                        if not calibrated and b == 1:
+                            t_cal = time.perf_counter()
+                        if not calibrated and t_cal and b == 1 + CALIBRATION_STEPS:
+                            epochs, total_steps = self._fit_budget(t_cal, CALIBRATION_STEPS * c.batch_size,
+                                                                    t_epoch - t_start, steps_per_epoch, epochs)
+                            calibrated = True
+                train_s = time.perf_counter() - t_epoch
+                val_probs, val_logits = predict_rows(model, self.data.cache.images, self.val_rows, self.prep,
+                                                     device=self.device, amp_dtype=amp)
+                val = compute_metrics(self.val_labels, val_probs, self.classes)
+                val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(self.val_labels)))
+                improved = best.update(model, epoch, val)
+                epoch_done = epoch
+                lr_now = optimizer.param_groups[0]["lr"]
+                history.append({"epoch": epoch, "lr": lr_now, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                                "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                                "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
+                                "val_auc": val["auc"], "seconds": time.perf_counter() - t_epoch,
+                                "train_images_per_s": seen / train_s})
+                auc = f"{val['auc']:.4f}" if val["auc"] is not None else "n/a"
+                rep.info(f"epoch {epoch}/{epochs}: loss {loss_sum / seen:.4f}, val loss {val['loss']:.4f}, "
+                         f"val acc {val['accuracy']:.4f}, bal acc {val['balanced_accuracy']:.4f}, AUC {auc}, "
+                         f"{seen / train_s:.1f} img/s{' *' if improved else ''}")
+                if stopper.step(improved):
+                    rep.info(f"Early stopping: no improvement of val {c.monitor} for {c.early_stopping} epochs.")
+                    break
+                if c.time_budget and epoch < epochs:
+                    elapsed = time.perf_counter() - t_start
+                    per_epoch = elapsed / epoch
+                    if elapsed + per_epoch > c.time_budget * 1.05:
+                        rep.info(f"Time budget: stopping after epoch {epoch} ({elapsed:.0f} s of {c.time_budget:.0f} s).")
+                        break
+        except KeyboardInterrupt:
+            if best.best_epoch is None:
+                raise
+            rep.warn(f"Interrupted during epoch {epoch_done + 1}: keeping the best checkpoint so far (epoch {best.best_epoch}).")
+        save_weights(model, writer.path / "last.safetensors")
+        return TrainResult(writer.path, best.best_epoch, epoch_done, {}, time.perf_counter() - t_start)
+
+    def _fit_budget(self, t_cal: float, images_timed: int, setup_s: float, steps_per_epoch: int, max_epochs: int):
+        c = self.config
+        per_img = (time.perf_counter() - t_cal) / images_timed
+        epoch_s = per_img * len(self.train_rows) + per_img * 0.35 * len(self.val_rows)
+        epochs = int(max(1, min(max_epochs, (c.time_budget - setup_s) // epoch_s)))
+        self.reporter.info(f"Time budget {c.time_budget / 60:.1f} min: {1 / per_img:.1f} img/s, about {epoch_s:.0f} s "
+                           f"per epoch -> {epochs} epoch(s).")
+        return epochs, epochs * steps_per_epoch
+
+
+def train(config: TrainConfig | None = None, reporter: Reporter | None = None, overwrite: bool = False, **kwargs) -> TrainResult:
+    """Train a model and write a complete run directory. Accepts a TrainConfig or keyword arguments
+    (data=..., out=..., model=..., ...)."""
+    from ..evaluation.evaluate import evaluate_records
+
+    config = config or TrainConfig(**kwargs)
+    reporter = reporter or Reporter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    spec = get_spec(config.model)
+    writer = RunWriter(config.out, overwrite=overwrite)
+    try:
+        t0 = time.perf_counter()
+        data = prepare(config.data, image_size=config.image_size, resize=config.resize, channels=config.channels,
+                       normalize=config.normalize, mean=spec.mean, std=spec.std, patient_pattern=config.patient_pattern,
+                       val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
+                       reporter=reporter, workers=config.workers)
+        prep_s = time.perf_counter() - t0
+        trainer = Trainer(config, data, reporter)
+        check_input_size(trainer.build_model().cpu(), config.image_size, data.preprocessing.channels, config.model)
+        write_split_csv(writer.path / "split.csv", data.records)
+        if data.skipped:
+            with open(writer.path / "skipped.csv", "w") as f:
+                f.write("path,reason\n")
+                f.writelines(f'"{p}","{r}"\n' for p, r in data.skipped.items())
+        info = {
+            "format_version": FORMAT_VERSION,
+            "medclassify_version": __version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": config.model_dump(),
+            "pretrained": resolve_pretrained(config),
+            "classes": data.classes,
+            "preprocessing": data.preprocessing.model_dump(),
+            "data": data.summary(),
+            "environment": {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()},
+        }
+        write_json(writer.path / "run.json", info)
+        result = trainer.run(writer)
+        info.update({
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "timings": {"prepare_s": round(prep_s, 1), "cache_hit": data.cache.hit,
+                        "cache_build_s": round(data.cache.build_seconds, 1), "train_s": round(result.train_seconds, 1)},
+            "warnings": [m for lvl, m in reporter.messages if lvl == "warning"],
+        })
+        write_json(writer.path / "run.json", info)
+        run = load_run(writer.path)
+        val = evaluate_records(run, data.split("val"), cache=data.cache, reporter=reporter)
+        run.save_metrics("val", val)
+        result.val_metrics = val
+        result.run_dir = writer.commit()
+        return result
+    except BaseException:
+        writer.abort()
+        raise

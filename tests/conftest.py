@@ -1,0 +1,43 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Tests never read or fill the user's image cache."""
+    old = os.environ.get("MEDCLASSIFY_CACHE")
+    os.environ["MEDCLASSIFY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("MEDCLASSIFY_CACHE", None)
+    else:
+        os.environ["MEDCLASSIFY_CACHE"] = old
+
+
+@pytest.fixture
+def quiet():
+    from medclassify.reporting import Reporter
+
+    return Reporter(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory):
+    """Two grey classes, class-per-folder with train/test split folders, 32 px."""
+    from medclassify.data.synthetic import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("ds") / "data", per_class=30, size=32, splits={"train": 0.8, "test": 0.2})
+
+
+def shared_dataset(name: str) -> Path:
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(f"shared dataset {path} is absent (integration data lives in ../shared/datasets)")
+    return path
