@@ -158,6 +158,9 @@ def demo(
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from .commands import register_all
+
+    register_all()
     try:
         app(args=argv, standalone_mode=False)
     except MedClassifyError as e:
