@@ -115,23 +115,6 @@ def evaluate(
 
 
 @app.command()
-def predict(
-    run: Path = typer.Argument(..., help="Run directory."),
-    inputs: List[Path] = typer.Argument(..., help="Image files, folders, or a CSV/TXT listing paths."),
-    out: Path = typer.Option("predictions.csv", "--out", "-o", help="CSV to write."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-):
-    """Predict images with a trained run; writes per-class probabilities and the predicted class to a CSV."""
-    from collections import Counter
-
-    from .inference.predictor import predict_files
-
-    preds = predict_files(run, inputs, out, reporter=_reporter(quiet))
-    counts = Counter(p.label for p in preds if p.label)
-    typer.echo(f"{len(preds)} image(s): " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())) + f"; written to {out}")
-
-
-@app.command()
 def models(all_timm: bool = typer.Option(False, "--timm", help="Also list every timm architecture.")):
     """List the model names train accepts."""
     from .models import get_spec, list_models

@@ -81,11 +81,15 @@ def scan_folder(root: Path | str) -> DatasetIndex:
     if root.is_file():
         if root.suffix.lower() == ".csv":
             return read_labels_csv(root)
+        if root.suffix.lower() in (".yaml", ".yml"):
+            from .compose import compose
+
+            return compose(root)
         if root.suffix.lower() == ".npz":
             from .medmnist import scan_npz
 
             return scan_npz(root)
-        raise DataError(f"{root} is a file, not a dataset folder.", "pass a folder with one sub-folder per class, or a labels CSV.")
+        raise DataError(f"{root} is a file, not a dataset folder.", "pass a folder with one sub-folder per class, a labels CSV or a dataset spec YAML.")
     subdirs = _class_folders(root)
     split_dirs = {d: _split_of(d.name) for d in subdirs}
     if subdirs and any(split_dirs.values()):

@@ -1,23 +1,32 @@
 """The Predictor: one loaded run answering for files or pixel arrays, with exactly the training
-preprocessing. Every entry point (predict command, Python API, later the server) goes through it."""
+preprocessing. Every entry point (predict command, Python API, cascades, the server) goes through it.
+
+Backends: ONNX Runtime when the run holds an up-to-date model.onnx (see inference/export.py) and
+onnxruntime is installed, PyTorch otherwise. Weights are read from safetensors (no pickle)."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
 
 from ..data.images import UnreadableImage, array_for_model, is_image_file, load_for_model
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..reporting import Reporter
 from ..run import Run, load_run
+
+# A prediction whose top probability is under this is flagged `abstain` (configurable everywhere).
+DEFAULT_ABSTAIN_BELOW = 0.6
+Backend = Literal["auto", "onnx", "torch"]
 
 
 @dataclass
@@ -26,61 +35,176 @@ class Prediction:
     label: str | None
     probabilities: dict[str, float]
     error: str | None = None
+    abstain: bool = False
+
+    @property
+    def confidence(self) -> float:
+        return max(self.probabilities.values()) if self.probabilities else 0.0
+
+
+def weights_hash(run_path: Path) -> str:
+    """Version of a run's model: the first 12 hex digits of the SHA-256 of model.safetensors."""
+    h = hashlib.sha256()
+    with open(run_path / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def onnx_is_current(run: Run, version: str) -> bool:
+    """model.onnx exists and was exported from the weights now in the run."""
+    meta = run.path / "export.json"
+    if not (run.path / "model.onnx").is_file() or not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("weights_version") == version
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class Predictor:
-    def __init__(self, run: Run | str | Path, batch_size: int = 32):
+    def __init__(self, run: Run | str | Path, batch_size: int = 32, backend: Backend = "auto",
+                 abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, tta: bool = False, threads: int | None = None):
         self.run = run if isinstance(run, Run) else load_run(run)
         self.prep = self.run.preprocessing
         self.classes = self.run.classes
-        self.model = self.run.build_model().to(memory_format=torch.channels_last)
         self.batch_size = batch_size
+        self.abstain_below = abstain_below
+        self.tta = tta
         self.temperature = float(self.run.info.get("calibration", {}).get("temperature", 1.0))
-        with open(self.run.path / "model.safetensors", "rb") as f:
-            self.version = hashlib.sha256(f.read()).hexdigest()[:12]
+        if not (self.run.path / "model.safetensors").is_file():
+            from ..errors import RunError
+
+            raise RunError(f"Run {self.run.path} has no model.safetensors.", "the run is incomplete: train it again.")
+        self.version = weights_hash(self.run.path)
+        if backend not in ("auto", "onnx", "torch"):
+            raise ConfigError(f"Unknown backend {backend!r}.", "use auto, onnx or torch.")
+        current = onnx_is_current(self.run, self.version)
+        if backend == "onnx" and not current:
+            raise ConfigError(f"Run {self.run.path} has no up-to-date model.onnx.",
+                              f"export it first: medclassify export {self.run.path} --format onnx.")
+        use_onnx = backend == "onnx" or (backend == "auto" and current and _onnxruntime_available())
+        self.backend = "onnx" if use_onnx else "torch"
+        self._model: torch.nn.Module | None = None
+        self.session = None
+        if use_onnx:
+            self.session = _ort_session(self.run.path / "model.onnx", threads)
+            self._input_name = self.session.get_inputs()[0].name
+        else:
+            self._model = self.run.build_model().to(memory_format=torch.channels_last)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The PyTorch model (built on first use under the ONNX backend: explanations need gradients)."""
+        if self._model is None:
+            self._model = self.run.build_model().to(memory_format=torch.channels_last)
+        return self._model
+
+    def describe(self) -> dict:
+        return {"run": str(self.run.path), "classes": self.classes, "model": self.run.model_name,
+                "version": self.version, "backend": self.backend, "temperature": self.temperature,
+                "abstain_below": self.abstain_below, "tta": self.tta, "preprocessing": self.prep.model_dump()}
 
     def load(self, path: str | Path) -> np.ndarray:
+        """File -> (H, W, C) uint8, exactly as the training cache decodes it."""
         return load_for_model(path, self.prep.image_size, self.prep.resize, self.prep.channels)
 
-    @torch.inference_mode()
+    def tensor(self, batch: np.ndarray) -> torch.Tensor:
+        """(N, H, W, C) uint8 -> the model's input tensor (the evaluation path's `prep(...)`)."""
+        return self.prep(batch)
+
+    def logits(self, x: torch.Tensor) -> np.ndarray:
+        if self.session is not None:
+            arr = np.ascontiguousarray(x.contiguous().numpy(), dtype=np.float32)
+            return self.session.run(None, {self._input_name: arr})[0].astype(np.float32)
+        with torch.inference_mode():
+            return self.model(x).float().numpy()
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W, C) uint8 already preprocessed -> (N, K) probabilities."""
-        logits = self.model(self.prep(batch)).float()
-        return (logits / self.temperature).softmax(1).numpy()
+        """(N, H, W, C) uint8 already preprocessed -> (N, K) probabilities (temperature-scaled;
+        with TTA, the mean over the image and its horizontal mirror)."""
+        x = self.tensor(batch)
+        if self.tta:
+            x = torch.cat([x, x.flip(3)])
+        z = torch.from_numpy(self.logits(x)) / self.temperature
+        p = z.softmax(1).numpy()
+        if self.tta:
+            n = len(batch)
+            p = (p[:n] + p[n:]) / 2
+        return p
 
-    def predict_array(self, pixels: np.ndarray) -> Prediction:
+    def predict_array(self, pixels: np.ndarray, path: str | None = None) -> Prediction:
         arr = array_for_model(pixels, self.prep.image_size, self.prep.resize, self.prep.channels)
-        return self._wrap(None, self.probabilities(arr[None])[0])
+        return self.wrap(path, self.probabilities(arr[None])[0])
 
-    def _wrap(self, path: str | None, p: np.ndarray) -> Prediction:
-        return Prediction(path, self.classes[int(p.argmax())], {c: float(v) for c, v in zip(self.classes, p)})
+    def predict_file(self, path: str | Path) -> Prediction:
+        """One file; raises UnreadableImage with the reason."""
+        return self.wrap(str(path), self.probabilities(self.load(path)[None])[0])
 
-    def predict_paths(self, paths: Sequence[str], on_batch=None) -> list[Prediction]:
+    def wrap(self, path: str | None, p: np.ndarray) -> Prediction:
+        top = int(p.argmax())
+        abstain = self.abstain_below is not None and float(p[top]) < self.abstain_below
+        return Prediction(path, self.classes[top], {c: float(v) for c, v in zip(self.classes, p)}, abstain=abstain)
+
+    def predict_paths(self, paths: Sequence[str], on_batch: Callable[[int], None] | None = None,
+                      threads: int | None = None) -> list[Prediction]:
+        """Decode in a thread pool (Pillow and the resize release the GIL) while earlier batches are
+        being classified; a bounded number of batches is in flight, so memory stays flat."""
         out: list[Prediction] = []
-        threads = min(8, os.cpu_count() or 1)
+        threads = threads or min(8, 2 * (os.cpu_count() or 1))
 
         def load(p):
             try:
                 return p, self.load(p), None
             except UnreadableImage as e:
                 return p, None, e.reason
+            except Exception as e:  # one bad file never stops a batch job
+                return p, None, f"{type(e).__name__}: {e}"
 
+        chunks = [paths[i : i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
         with ThreadPoolExecutor(threads) as pool:
-            for start in range(0, len(paths), self.batch_size):
-                chunk = list(pool.map(load, paths[start : start + self.batch_size]))
-                good = [(p, a) for p, a, e in chunk if e is None]
+            pending: deque = deque()
+            for chunk in chunks[:3]:
+                pending.append([pool.submit(load, p) for p in chunk])
+            next_chunk = 3
+            while pending:
+                futures = pending.popleft()
+                if next_chunk < len(chunks):
+                    pending.append([pool.submit(load, p) for p in chunks[next_chunk]])
+                    next_chunk += 1
+                done = [f.result() for f in futures]
+                good = [(p, a) for p, a, e in done if e is None]
                 probs = self.probabilities(np.stack([a for _, a in good])) if good else np.zeros((0, len(self.classes)))
                 it = iter(probs)
-                for p, a, e in chunk:
-                    out.append(Prediction(p, None, {}, e) if e else self._wrap(p, next(it)))
+                for p, a, e in done:
+                    out.append(Prediction(p, None, {}, e) if e else self.wrap(p, next(it)))
                 if on_batch:
-                    on_batch(len(chunk))
+                    on_batch(len(done))
         return out
+
+
+def _ort_session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def collect_inputs(inputs: Iterable[str | Path]) -> list[str]:
     """Folders (searched recursively), image files, and CSV/TXT files listing paths."""
     paths: list[str] = []
+    inputs = list(inputs)
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -97,26 +221,55 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[str]:
 
 
 def _list_file(p: Path) -> list[str]:
-    with open(p, newline="") as f:
+    with open(p, newline="", encoding="utf-8-sig") as f:
         if p.suffix.lower() == ".txt":
             names = [line.strip() for line in f if line.strip()]
         else:
             reader = csv.DictReader(f)
-            if "path" not in [c.strip().lower() for c in reader.fieldnames or []]:
+            cols = {c.strip().lower(): c for c in reader.fieldnames or []}
+            if "path" not in cols:
                 raise DataError(f"{p} has no 'path' column.", "add a header row with a path column.")
-            names = [row.get("path") or row.get("Path") or "" for row in reader]
+            names = [(row.get(cols["path"]) or "").strip() for row in reader]
     return [str(x if Path(x).is_absolute() else p.parent / x) for x in (Path(n) for n in names if n)]
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'2/4' -> (2, 4): the second of four parts (1-based)."""
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"Cannot read --shard {text!r}.", "write it as i/n, e.g. 1/4 for the first of four parts.") from None
+    if n < 1 or not 1 <= i <= n:
+        raise ConfigError(f"--shard {text}: i must be between 1 and n.", "write e.g. 1/4 ... 4/4.")
+    return i, n
+
+
+def take_shard(paths: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
+    """Contiguous part i of n of the sorted, de-duplicated path list: the same on every machine."""
+    if shard is None:
+        return list(dict.fromkeys(paths))
+    paths = sorted(set(paths))
+    i, n = shard
+    lo, hi = (i - 1) * len(paths) // n, i * len(paths) // n
+    return paths[lo:hi]
+
+
 def predict_files(run: Run | str | Path, inputs: Iterable[str | Path] | str | Path, out: str | Path | None = None,
-                  reporter: Reporter | None = None) -> list[Prediction]:
-    """Predict every image in `inputs`; write a CSV (path, predicted, prob_<class>..., error) to `out`."""
+                  reporter: Reporter | None = None, *, backend: Backend = "auto", tta: bool = False,
+                  abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, shard: str | tuple[int, int] | None = None,
+                  batch_size: int = 32) -> list[Prediction]:
+    """Predict every image in `inputs`; write a CSV (path, predicted, prob_<class>..., abstain, error) to `out`."""
     reporter = reporter or Reporter(quiet=True)
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    paths = collect_inputs(inputs)
-    predictor = Predictor(run)
-    with reporter.task("Predicting", len(paths)) as bar:
+    shard = parse_shard(shard) if isinstance(shard, str) else shard
+    paths = take_shard(collect_inputs(inputs), shard)
+    predictor = Predictor(run, batch_size=batch_size, backend=backend, tta=tta, abstain_below=abstain_below)
+    if shard:
+        reporter.info(f"Shard {shard[0]}/{shard[1]}: {len(paths)} image(s).")
+    with reporter.task(f"Predicting ({predictor.backend})", len(paths)) as bar:
         preds = predictor.predict_paths(paths, on_batch=bar.advance)
     failed = [p for p in preds if p.error]
     if failed:
@@ -127,14 +280,56 @@ def predict_files(run: Run | str | Path, inputs: Iterable[str | Path] | str | Pa
     return preds
 
 
-def write_predictions_csv(out: str | Path, preds: list[Prediction], classes: list[str]) -> None:
+def _atomic_csv(out: str | Path, header: list[str], rows: Iterable[list]) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "predicted", *[f"prob_{c}" for c in classes], "error"])
-        for p in preds:
-            w.writerow([p.path, p.label or "", *[f"{p.probabilities[c]:.6f}" if p.probabilities else "" for c in classes],
-                        p.error or ""])
+        w.writerow(header)
+        w.writerows(rows)
     os.replace(tmp, out)
+
+
+def write_predictions_csv(out: str | Path, preds: list[Prediction], classes: list[str]) -> None:
+    _atomic_csv(out, ["path", "predicted", *[f"prob_{c}" for c in classes], "abstain", "error"],
+                ([p.path, p.label or "", *[f"{p.probabilities[c]:.6f}" if p.probabilities else "" for c in classes],
+                  ("yes" if p.abstain else "no") if p.probabilities else "", p.error or ""] for p in preds))
+
+
+@dataclass
+class PatientPrediction:
+    patient: str
+    images: int
+    label: str
+    probabilities: dict[str, float]
+
+
+def aggregate_patients(preds: Sequence[Prediction], pattern: str, how: Literal["mean", "max"] = "mean") -> list[PatientPrediction]:
+    """Per-patient probabilities: the mean (or max) over the patient's readable images. The patient id
+    is read from each file name (then the full path) with the same patterns training uses."""
+    from ..data.sources import compile_patient_pattern, patient_from_match
+
+    if how not in ("mean", "max"):
+        raise ConfigError(f"Unknown patient aggregation {how!r}.", "use mean or max.")
+    rx = compile_patient_pattern(pattern)
+    groups: dict[str, list[Prediction]] = {}
+    for p in preds:
+        if not p.probabilities:
+            continue
+        m = rx.search(Path(p.path).name) or rx.search(p.path)
+        pid = patient_from_match(m)
+        if pid is not None:
+            groups.setdefault(pid, []).append(p)
+    out = []
+    for pid in sorted(groups):
+        classes = list(groups[pid][0].probabilities)
+        mat = np.array([[q.probabilities[c] for c in classes] for q in groups[pid]])
+        agg = mat.mean(0) if how == "mean" else mat.max(0)
+        out.append(PatientPrediction(pid, len(mat), classes[int(agg.argmax())], dict(zip(classes, agg.tolist()))))
+    return out
+
+
+def write_patients_csv(out: str | Path, patients: list[PatientPrediction], classes: list[str]) -> None:
+    _atomic_csv(out, ["patient", "images", "predicted", *[f"prob_{c}" for c in classes]],
+                ([p.patient, p.images, p.label, *[f"{p.probabilities[c]:.6f}" for c in classes]] for p in patients))

@@ -1,0 +1,95 @@
+"""Commands that use trained runs: predict, export, train-cascade, evaluate-cascade."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..cli import _print, _reporter, app
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run directory."),
+    inputs: List[Path] = typer.Argument(..., help="Image files, folders, or a CSV (path column) / TXT listing paths."),
+    out: Path = typer.Option("predictions.csv", "--out", "-o", help="CSV to write."),
+    patient_pattern: Optional[str] = typer.Option(None, "--patient-pattern", help="Regex with a named group 'patient' (or preset: kermany, cnmc): also write per-patient probabilities."),
+    patient_agg: str = typer.Option("mean", "--patient-agg", help="mean or max of the image probabilities per patient."),
+    patients_out: Optional[Path] = typer.Option(None, "--patients-out", help="Per-patient CSV (default: OUT with -patients before .csv)."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its mirror."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: predict only part i of n of the sorted inputs (split a large job across machines)."),
+    abstain_below: float = typer.Option(0.6, "--abstain-below", help="Flag predictions whose top probability is under this."),
+    backend: str = typer.Option("auto", help="auto (ONNX Runtime when the run has model.onnx), onnx or torch."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Predict images with a trained run; writes per-class probabilities and the predicted class to a CSV."""
+    from ..errors import ConfigError
+    from ..inference.predictor import aggregate_patients, predict_files, write_patients_csv
+
+    if patient_agg not in ("mean", "max"):
+        raise ConfigError(f"Unknown --patient-agg {patient_agg!r}.", "use mean or max.")
+    preds = predict_files(run, inputs, out, reporter=_reporter(quiet), backend=backend, tta=tta,
+                          abstain_below=abstain_below, shard=shard, batch_size=batch_size)
+    counts = Counter(p.label for p in preds if p.label)
+    abstained = sum(p.abstain for p in preds)
+    typer.echo(f"{len(preds)} image(s): " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items()))
+               + (f" ({abstained} under the abstain threshold)" if abstained else "") + f"; written to {out}")
+    if patient_pattern:
+        patients = aggregate_patients(preds, patient_pattern, patient_agg)
+        target = patients_out or out.with_name(out.stem + "-patients" + (out.suffix or ".csv"))
+        classes = list(next(p for p in preds if p.probabilities).probabilities) if patients else []
+        write_patients_csv(target, patients, classes)
+        typer.echo(f"{len(patients)} patient(s) ({patient_agg} of image probabilities) written to {target}")
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run directory."),
+    format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Export a run's model (ONNX, dynamic batch) into the run, after a parity check on real images."""
+    from ..errors import ConfigError
+    from ..inference.export import export_onnx
+
+    if format.lower() != "onnx":
+        raise ConfigError(f"Unknown export format {format!r}.", "use --format onnx.")
+    meta = export_onnx(run, reporter=_reporter(quiet))
+    typer.echo(f"{Path(run) / meta['file']} written (opset {meta['opset']}); parity on {meta['parity']['images']} images: "
+               f"max |p_onnx - p_torch| = {meta['parity']['max_abs_probability_diff']:.1e}")
+
+
+@app.command("train-cascade")
+def train_cascade_cmd(
+    cascade: Path = typer.Argument(..., help="Cascade YAML (stages, routes, data spec)."),
+    stage: Optional[List[str]] = typer.Option(None, "--stage", help="Train only this stage (repeatable)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Retrain stages whose run already exists."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Train every stage of a cascade on its slice of one combined dataset spec."""
+    from ..inference.cascade import train_cascade
+
+    runs = train_cascade(cascade, reporter=_reporter(quiet), overwrite=overwrite, only=stage)
+    for name, path in runs.items():
+        typer.echo(f"stage {name}: {path}")
+
+
+@app.command("evaluate-cascade")
+def evaluate_cascade_cmd(
+    cascade: Path = typer.Argument(..., help="Cascade YAML."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled folder or dataset spec with the final labels (default: the cascade's data)."),
+    split: str = typer.Option("test", help="Split to evaluate on."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """End-to-end accuracy and confusion matrix of a cascade over its final labels."""
+    from ..evaluation.tables import metrics_table
+    from ..inference.cascade import cascade_summary, evaluate_cascade, save_cascade_metrics
+
+    metrics = evaluate_cascade(cascade, data=data, split=split, reporter=_reporter(quiet))
+    _print(*metrics_table(metrics, f"cascade on {metrics['split']} ({metrics['n']} images)"))
+    typer.echo(cascade_summary(metrics))
+    typer.echo(f"Metrics saved to {save_cascade_metrics(cascade, metrics)}")

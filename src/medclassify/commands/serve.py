@@ -1,0 +1,48 @@
+"""`medclassify serve RUN|cascade.yaml`: the REST API and the web page."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import app
+
+
+@app.command()
+def serve(
+    target: Path = typer.Argument(..., help="Run directory, or a cascade YAML."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs an API key."),
+    port: int = typer.Option(8000, help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Key clients send as X-API-Key (default: $MEDCLASSIFY_API_KEY)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest accepted upload."),
+    max_megapixels: float = typer.Option(50.0, "--max-megapixels", help="Largest accepted image (decompression bombs)."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds before a request is answered 504."),
+    workers: int = typer.Option(2, "--workers", help="Requests computed at once."),
+    queue: int = typer.Option(32, "--queue", help="Requests allowed to wait; more are answered 503."),
+    abstain_below: float = typer.Option(0.6, "--abstain-below", help="Flag answers whose top probability is under this."),
+    backend: str = typer.Option("auto", help="auto (ONNX Runtime when exported), onnx or torch."),
+):
+    """Serve a run or a cascade over HTTP: REST API (/v1/predict, /v1/explain, /v1/model, /health) and a web page at /."""
+    from ..errors import ConfigError
+    from ..serve.app import ServeSettings, create_app, is_loopback
+
+    key = api_key or os.environ.get("MEDCLASSIFY_API_KEY") or None
+    if not is_loopback(host) and not key:
+        raise ConfigError(f"Refusing to bind {host} without an API key: anyone on the network could use the model.",
+                          "pass --api-key KEY (or set MEDCLASSIFY_API_KEY), or keep the default --host 127.0.0.1.")
+    for name, value in (("--workers", workers), ("--max-upload-mb", max_upload_mb), ("--max-megapixels", max_megapixels),
+                        ("--timeout", timeout)):
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive (got {value}).", f"pass a positive {name}.")
+    settings = ServeSettings(max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, timeout_s=timeout,
+                             workers=workers, queue=queue, api_key=key)
+    application = create_app(target, settings, backend=backend, abstain_below=abstain_below)
+    import uvicorn
+
+    model = application.state.model
+    typer.echo(f"Serving {model.kind} {target} (version {model.version}) on http://{host}:{port}  "
+               f"- research use only, not a diagnosis. Ctrl+C stops.")
+    uvicorn.run(application, host=host, port=port, log_level="warning", timeout_keep_alive=5)

@@ -1,0 +1,147 @@
+"""Exporting a run's model to ONNX (dynamic batch), with a parity check on the run's own images.
+
+The ONNX graph takes the preprocessed tensor (N, C, H, W) and returns logits, exactly like the
+PyTorch model, so the Predictor's preprocessing and temperature apply unchanged. The file is stored
+in the run (model.onnx) with export.json (opset, weights version, parity figures); the Predictor
+uses it only while export.json names the weights now in the run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, RunError
+from ..reporting import Reporter
+from ..run import Run, load_run, write_json
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| over every class of every checked image
+PARITY_IMAGES = 32
+
+
+def _exporter_kwargs() -> dict:
+    """The TorchScript exporter unless onnxscript (needed by the dynamo exporter) is installed."""
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return {"dynamo": False, "dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}}
+    return {"dynamo": True, "dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=4096)},)}
+
+
+class _FixedAdaptiveAvgPool(torch.nn.Module):
+    """AdaptiveAvgPool2d for one known input size, as two small matrix products: the same averages,
+    but exportable when the output size does not divide the input size (seed_cnn at most sizes)."""
+
+    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]):
+        super().__init__()
+        self.register_buffer("rows", self._matrix(in_hw[0], out_hw[0]))
+        self.register_buffer("cols", self._matrix(in_hw[1], out_hw[1]))
+
+    @staticmethod
+    def _matrix(n_in: int, n_out: int) -> torch.Tensor:
+        m = torch.zeros(n_out, n_in)
+        for i in range(n_out):  # PyTorch's bins: [floor(i*n/o), ceil((i+1)*n/o))
+            lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+            m[i, lo:hi] = 1.0 / (hi - lo)
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(torch.matmul(self.rows, x), self.cols.t())
+
+
+def exportable(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """Replace adaptive average pools whose output size does not divide their input size."""
+    seen: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, tuple(inp[0].shape[-2:])))
+             for name, m in model.named_modules() if isinstance(m, torch.nn.AdaptiveAvgPool2d)]
+    with torch.no_grad():
+        model(example)
+    for h in hooks:
+        h.remove()
+    for name, in_hw in seen.items():
+        pool = model.get_submodule(name)
+        size = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size, pool.output_size)
+        out_hw = tuple(in_hw[i] if s is None else s for i, s in enumerate(size))
+        if all(o and i % o == 0 for i, o in zip(in_hw, out_hw)):
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, _FixedAdaptiveAvgPool(in_hw, out_hw))
+    return model
+
+
+def parity_images(run: Run, n: int = PARITY_IMAGES) -> list[str]:
+    """Real images of the run: its test split first, then val and train, files that still exist."""
+    out: list[str] = []
+    for split in ("test", "val", "train"):
+        out += [r.path for r in run.records(split) if Path(r.path).is_file()][: n - len(out)]
+        if len(out) >= n:
+            break
+    return out
+
+
+def export_onnx(run: Run | str | Path, reporter: Reporter | None = None, images: list[str] | None = None) -> dict:
+    """Write model.onnx and export.json into the run after a parity check; returns export.json's content."""
+    from .predictor import Predictor, weights_hash
+
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ConfigError("ONNX export needs the onnx and onnxruntime packages.", "pip install 'medclassify[export]'.") from None
+    reporter = reporter or Reporter(quiet=True)
+    run = run if isinstance(run, Run) else load_run(run)
+    prep = run.preprocessing
+    dummy = torch.zeros(2, prep.channels, prep.image_size, prep.image_size)
+    model = exportable(run.build_model().float().eval(), dummy)
+    target, meta_path = run.path / "model.onnx", run.path / "export.json"
+    tmp = run.path / f".model.onnx.partial-{os.getpid()}"
+    kwargs = _exporter_kwargs()
+    try:
+        torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
+                          opset_version=OPSET, do_constant_folding=True, **kwargs)
+        version = weights_hash(run.path)
+        paths = images if images is not None else parity_images(run)
+        if not paths:
+            raise RunError(f"Run {run.path} lists no image that still exists for the parity check.",
+                           "restore the dataset the run was trained on, or pass images to check with.")
+        torch_pred = Predictor(run, backend="torch")
+        batch = np.stack([torch_pred.load(p) for p in paths])
+        p_torch = torch_pred.probabilities(batch)
+        os.replace(tmp, target)
+        write_json(meta_path, {"weights_version": version})  # lets the ONNX backend open it for the check
+        p_onnx = Predictor(run, backend="onnx").probabilities(batch)
+        diff = float(np.abs(p_onnx - p_torch).max())
+        if diff > PARITY_TOLERANCE:
+            raise RunError(f"ONNX export of {run.path} differs from PyTorch by {diff:.2e} in probability "
+                           f"(limit {PARITY_TOLERANCE:.0e}); model.onnx was not kept.",
+                           "report this model architecture as an export bug; predict uses PyTorch meanwhile.")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
+        raise
+    import onnxruntime
+
+    meta = {
+        "format": "onnx",
+        "file": "model.onnx",
+        "opset": OPSET,
+        "exporter": "dynamo" if kwargs.get("dynamo") else "torchscript",
+        "input": {"name": "input", "shape": ["batch", prep.channels, prep.image_size, prep.image_size], "dtype": "float32"},
+        "output": {"name": "logits", "shape": ["batch", len(run.classes)]},
+        "weights_version": version,
+        "parity": {"images": len(paths), "max_abs_probability_diff": diff, "tolerance": PARITY_TOLERANCE,
+                   "agreement": float((p_onnx.argmax(1) == p_torch.argmax(1)).mean())},
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "bytes": target.stat().st_size,
+    }
+    write_json(meta_path, meta)
+    reporter.info(f"Exported {run.path / 'model.onnx'} (opset {OPSET}, dynamic batch); parity on {len(paths)} images: "
+                  f"max |p_onnx - p_torch| = {diff:.1e}.")
+    return meta

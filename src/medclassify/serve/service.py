@@ -1,0 +1,121 @@
+"""What the server serves: one run or a cascade, behind one interface that answers with plain
+JSON-ready dicts (prediction, model card) and heatmap PNGs."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..inference.cascade import Cascade
+from ..inference.predictor import DEFAULT_ABSTAIN_BELOW, Predictor
+
+INTENDED_USE = ("Research and education only. Not a medical device and not a diagnosis: every output must be "
+                "reviewed by a qualified clinician. Valid only for images like the training data "
+                "(modality, view, population).")
+
+
+class ExplainUnavailable(Exception):
+    """Grad-CAM is not installed in this medclassify (the explain package has not landed)."""
+
+
+def explain_available() -> bool:
+    try:
+        from ..explain import GradCAM  # noqa: F401
+        from ..explain.overlay import blend  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _metric_summary(metrics: dict | None) -> dict | None:
+    """Headline metrics with their confidence intervals when the evaluation stored them."""
+    if not metrics:
+        return None
+    keep = ("n", "accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity")
+    out = {k: metrics[k] for k in keep if k in metrics}
+    for key in ("ci", "confidence_intervals", "bootstrap"):
+        if key in metrics:
+            out[key] = metrics[key]
+    return out
+
+
+class ServedModel:
+    def __init__(self, target: str | Path, backend: str = "auto", abstain_below: float | None = DEFAULT_ABSTAIN_BELOW):
+        target = Path(target)
+        self.target = target
+        if target.suffix.lower() in (".yaml", ".yml"):
+            self.cascade: Cascade | None = Cascade(target, backend=backend, abstain_below=abstain_below)
+            self.predictor = None
+            self.classes = self.cascade.labels
+            self.version = self.cascade.version
+        else:
+            self.cascade = None
+            self.predictor = Predictor(target, backend=backend, abstain_below=abstain_below)
+            self.classes = self.predictor.classes
+            self.version = self.predictor.version
+        self.can_explain = explain_available()
+
+    @property
+    def kind(self) -> str:
+        return "cascade" if self.cascade else "run"
+
+    def info(self) -> dict[str, Any]:
+        base = {"kind": self.kind, "classes": self.classes, "version": self.version, "intended_use": INTENDED_USE,
+                "explain": self.can_explain}
+        if self.predictor is not None:
+            run = self.predictor.run
+            base.update({"name": run.path.name, "model": run.model_name, "backend": self.predictor.backend,
+                         "image_size": self.predictor.prep.image_size, "abstain_below": self.predictor.abstain_below,
+                         "trained_on": run.info.get("data", {}).get("root"), "created": run.info.get("created"),
+                         "metrics": {s: _metric_summary(run.metrics(s)) for s in ("test", "val") if run.metrics(s)},
+                         "intended_use": run.info.get("intended_use", INTENDED_USE)})
+        else:
+            base.update({"name": self.target.stem, "start": self.cascade.spec.start,
+                         "stages": {n: {"classes": p.classes, "model": p.run.model_name, "backend": p.backend,
+                                        "version": p.version, "route": self.cascade.spec.stages[n].route,
+                                        "metrics": {s: _metric_summary(p.run.metrics(s)) for s in ("test", "val") if p.run.metrics(s)}}
+                                    for n, p in self.cascade.predictors.items()}})
+            saved = self.target.with_suffix(".metrics.json")
+            if saved.is_file():
+                import json
+
+                base["metrics"] = {"end_to_end": _metric_summary(json.loads(saved.read_text()))}
+        return base
+
+    def predict(self, path: Path) -> dict[str, Any]:
+        """Raises UnreadableImage when the decoder refuses the file."""
+        if self.predictor is not None:
+            pred = self.predictor.predict_file(path)
+            return {"label": pred.label, "probability": pred.probabilities[pred.label], "probabilities": pred.probabilities,
+                    "abstain": pred.abstain, "cascade_path": None}
+        res = self.cascade.predict_file(path)
+        last = res.steps[-1]
+        return {"label": res.label, "probability": res.probability, "probabilities": last.probabilities,
+                "abstain": res.abstain,
+                "cascade_path": [{"stage": s.stage, "label": s.label, "probability": s.probability,
+                                  "probabilities": s.probabilities, "version": s.version} for s in res.steps]}
+
+    def explain_png(self, path: Path) -> tuple[bytes, str, float]:
+        """Grad-CAM of the predicted class (for a cascade: of its last stage) over the image as the model
+        sees it; returns (PNG bytes, class, probability)."""
+        if not self.can_explain:
+            raise ExplainUnavailable()
+        from PIL import Image
+
+        from ..explain import GradCAM
+        from ..explain.overlay import blend
+
+        predictor = self.predictor
+        if predictor is None:
+            last = self.cascade.predict_file(path).steps[-1].stage
+            predictor = self.cascade.predictors[last]
+        image = predictor.load(path)
+        probs = predictor.probabilities(image[None])[0]
+        target = int(np.argmax(probs))
+        expl = GradCAM(predictor.model, predictor.prep).explain(image, target)
+        buf = io.BytesIO()
+        Image.fromarray(blend(expl.image, expl.heatmap)).save(buf, format="PNG")
+        return buf.getvalue(), predictor.classes[target], float(probs[target])
