@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +102,10 @@ def export_onnx(run: Run | str | Path, reporter: Reporter | None = None, images:
     tmp = run.path / f".model.onnx.partial-{os.getpid()}"
     kwargs = _exporter_kwargs()
     try:
-        torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
-                          opset_version=OPSET, do_constant_folding=True, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
+            torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
+                              opset_version=OPSET, do_constant_folding=True, **kwargs)
         version = weights_hash(run.path)
         paths = images if images is not None else parity_images(run)
         if not paths:
