@@ -60,3 +60,9 @@ def tiny_run(small_dataset, tmp_path_factory):
     """A trained two-class run (lesion/normal, 32 px) shared by the inference and serving tests; tests
     that change a run copy it first."""
     return train_tiny_run(small_dataset, tmp_path_factory.mktemp("tiny") / "run")
+
+
+@pytest.fixture
+def shared_data():
+    """shared_dataset for tests in folders with their own conftest.py (which shadows this module's name)."""
+    return shared_dataset

@@ -119,7 +119,7 @@ async function classify(file) {
     const body = await (await api("/v1/predict", { method: "POST", body: form })).json();
     showResult(body, file.name);
   } catch (e) {
-    showError(`${file.name}: ${e.message}`);
+    showError(e.message);
     $("preview-box").hidden = true;
   } finally {
     document.body.classList.remove("busy");
