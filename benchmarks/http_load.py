@@ -1,0 +1,142 @@
+"""HTTP load on loopback: `medclassify serve` in its own process, N client threads (keep-alive)
+posting real chest X-rays to /v1/predict for a fixed time, with a cap on the request count. The
+server's memory (VmRSS) is sampled every second.
+
+    python benchmarks/http_load.py [--run RUN] [--clients 8] [--seconds 30]
+
+Targets (issue 5): 0 errors, p50 <= 30 ms, p99 <= 100 ms, RSS growth <= 10% from the 5th second to
+the end. Only 127.0.0.1 is ever contacted. Writes benchmarks/results/http_load.json."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from serving_run import ROOT, SHARED, exported_run, write_result
+
+MAX_REQUESTS = 100_000  # a bound on top of the time limit
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--workers", type=int, default=2, help="server --workers")
+    args = ap.parse_args()
+    xrays = sorted((SHARED / "chest_xray" / "test").rglob("*.jpeg"))[:64]
+    if not xrays:
+        print(f"SKIP: {SHARED / 'chest_xray'} not found.")
+        return 0
+    import httpx
+
+    run, origin = exported_run(args.run)
+    payloads = [(p.name, p.read_bytes()) for p in xrays]
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    server = subprocess.Popen([sys.executable, "-c", "import sys; from medclassify.cli import main; sys.exit(main(sys.argv[1:]))",
+                               "serve", str(run), "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                print("server did not start:", server.stderr.read().decode()[-2000:] if server.poll() is not None else "timeout")
+                return 1
+            time.sleep(0.2)
+        with httpx.Client() as c:  # warm-up
+            for name, data in payloads[:8]:
+                c.post(f"{base}/v1/predict", files={"file": (name, data)})
+        latencies: list[float] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        stop_at = time.monotonic() + args.seconds
+        count = [0]
+
+        def client(k: int):
+            with httpx.Client(timeout=30) as c:
+                i = k
+                while time.monotonic() < stop_at:
+                    with lock:
+                        if count[0] >= MAX_REQUESTS:
+                            return
+                        count[0] += 1
+                    name, data = payloads[i % len(payloads)]
+                    i += args.clients
+                    t = time.perf_counter()
+                    try:
+                        r = c.post(f"{base}/v1/predict", files={"file": (name, data)})
+                        ok = r.status_code == 200
+                        msg = f"HTTP {r.status_code}: {r.text[:100]}"
+                    except httpx.HTTPError as e:
+                        ok, msg = False, f"{type(e).__name__}: {e}"
+                    dt = (time.perf_counter() - t) * 1e3
+                    with lock:
+                        latencies.append(dt) if ok else errors.append(msg)
+
+        rss: list[tuple[float, float]] = []
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            rss.append((time.monotonic() - t0, rss_mb(server.pid)))
+            time.sleep(1.0)
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - t0
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    lat = np.array(latencies)
+    after5 = [m for s, m in rss if s >= 5.0]
+    growth = (after5[-1] - after5[0]) / after5[0] if len(after5) >= 2 else float("nan")
+    result = {
+        "run": str(run), "origin": origin, "clients": args.clients, "seconds": wall, "server_workers": args.workers,
+        "requests": int(len(lat) + len(errors)), "errors": len(errors), "first_errors": errors[:5],
+        "requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
+        "p99_ms": float(np.percentile(lat, 99)), "rss_mb_at_5s": after5[0] if after5 else None,
+        "rss_mb_end": after5[-1] if after5 else None, "rss_growth_from_5s": growth, "rss_samples": rss,
+        "targets": {"errors": 0, "p50_ms": 30, "p99_ms": 100, "rss_growth": 0.10},
+        "met": {"errors": not errors, "p50": float(np.percentile(lat, 50)) <= 30, "p99": float(np.percentile(lat, 99)) <= 100,
+                "rss": growth <= 0.10},
+    }
+    print(f"{result['requests']} requests in {wall:.1f} s from {args.clients} clients ({result['requests_per_s']:.0f}/s), "
+          f"{len(errors)} errors; p50 {result['p50_ms']:.1f} ms, p90 {result['p90_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms; "
+          f"server RSS {result['rss_mb_at_5s']:.0f} -> {result['rss_mb_end']:.0f} MB ({100 * growth:+.1f}%) from the 5th second")
+    print(f"written to {write_result('http_load', result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Batch prediction end to end: `medclassify predict` over the 624 official chest X-ray test
+images (file listing, decode pipeline, ONNX Runtime, CSV), timed from the call to the CSV on disk.
+
+    python benchmarks/predict_batch.py [--run RUN]
+
+Target (issue 5): >= 100 images/s on 2 cores. Writes benchmarks/results/predict_batch.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from serving_run import SHARED, exported_run, write_result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run")
+    ap.add_argument("--backend", default="auto")
+    args = ap.parse_args()
+    test = SHARED / "chest_xray" / "test"
+    if not test.is_dir():
+        print(f"SKIP: {test} not found.")
+        return 0
+    from medclassify.inference.predictor import predict_files
+
+    run, origin = exported_run(args.run)
+    out = Path(tempfile.mkdtemp()) / "preds.csv"
+    predict_files(run, [test], out, backend=args.backend)  # warm the page cache and the imports
+    t = time.perf_counter()
+    preds = predict_files(run, [test], out, backend=args.backend)
+    seconds = time.perf_counter() - t
+    rate = len(preds) / seconds
+    failed = sum(1 for p in preds if p.error)
+    result = {"run": str(run), "origin": origin, "images": len(preds), "unreadable": failed, "seconds": seconds,
+              "images_per_s": rate, "backend": args.backend, "target_images_per_s": 100, "met": rate >= 100,
+              "rows_in_csv": sum(1 for _ in open(out)) - 1}
+    print(f"{len(preds)} images in {seconds:.2f} s = {rate:.0f} images/s end to end ({failed} unreadable); run {origin}")
+    print(f"written to {write_result('predict_batch', result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
