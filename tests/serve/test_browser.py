@@ -76,10 +76,14 @@ def test_real_xray_shows_class_bars_and_notice(page, tmp_path, shared_data):
     assert sorted(r.get_attribute("data-class") for r in rows) == ["lesion", "normal"]
     assert page.is_visible("#preview") and "%" in page.inner_text("#confidence")
     assert page.is_hidden("#error")
-    # No Grad-CAM in this build: the toggle stays hidden rather than failing when used.
+    # The Grad-CAM toggle is offered only when the explain module is installed.
     from medclassify.serve.service import explain_available
 
     assert page.is_visible("#heat-toggle-box") == explain_available()
+    if explain_available():
+        page.check("#heat-toggle")
+        page.wait_for_selector("#heatmap:not([hidden])", timeout=30_000)
+        assert page.evaluate("document.getElementById('heatmap').naturalWidth") > 0
     _screenshot(page, tmp_path, "page-xray.png")
 
 

@@ -128,7 +128,11 @@ async function classify(file) {
 
 async function toggleHeatmap() {
   const on = $("heat-toggle").checked;
-  if (!on || !currentFile) { $("heatmap").hidden = true; return; }
+  if (!on || !currentFile) {
+    $("heatmap").hidden = true;
+    $("preview").hidden = !$("no-preview").hidden;  // back to the plain image where the browser can show it
+    return;
+  }
   if (!heatmapUrl) {
     const form = new FormData();
     form.append("file", currentFile, currentFile.name);
@@ -143,6 +147,7 @@ async function toggleHeatmap() {
   }
   $("heatmap").src = heatmapUrl;
   $("heatmap").hidden = false;
+  $("preview").hidden = true;  // the heatmap is drawn over the image as the model saw it
 }
 
 function setUp() {
