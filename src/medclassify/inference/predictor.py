@@ -265,8 +265,8 @@ def predict_files(run: Run | str | Path, inputs: Iterable[str | Path] | str | Pa
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     shard = parse_shard(shard) if isinstance(shard, str) else shard
-    paths = take_shard(collect_inputs(inputs), shard)
     predictor = Predictor(run, batch_size=batch_size, backend=backend, tta=tta, abstain_below=abstain_below)
+    paths = take_shard(collect_inputs(inputs), shard)  # after the run loads: a missing run is the first error
     if shard:
         reporter.info(f"Shard {shard[0]}/{shard[1]}: {len(paths)} image(s).")
     with reporter.task(f"Predicting ({predictor.backend})", len(paths)) as bar:
