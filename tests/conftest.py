@@ -43,26 +43,15 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
-def train_tiny_run(data, out, **kw):
-    """A seed_cnn run trained for a few seconds (inference, export and serving tests)."""
+@pytest.fixture(scope="session")
+def tiny_run(small_dataset, tmp_path_factory):
+    """A seed_cnn run (lesion/normal, 32 px) trained for a few seconds, shared by the inference and
+    serving tests; tests that change a run copy it first."""
     from medclassify.config import TrainConfig
     from medclassify.reporting import Reporter
     from medclassify.training.fit import train
 
-    base = dict(data=str(data), out=str(out), model="seed_cnn", image_size=32, epochs=3, time_budget=None, batch_size=16,
-                augment="light", early_stopping=0, normalize="per-image", lr=3e-3)
-    base.update(kw)
-    return train(TrainConfig(**base), reporter=Reporter(quiet=True)).run_dir
-
-
-@pytest.fixture(scope="session")
-def tiny_run(small_dataset, tmp_path_factory):
-    """A trained two-class run (lesion/normal, 32 px) shared by the inference and serving tests; tests
-    that change a run copy it first."""
-    return train_tiny_run(small_dataset, tmp_path_factory.mktemp("tiny") / "run")
-
-
-@pytest.fixture
-def shared_data():
-    """shared_dataset for tests in folders with their own conftest.py (which shadows this module's name)."""
-    return shared_dataset
+    config = TrainConfig(data=str(small_dataset), out=str(tmp_path_factory.mktemp("tiny") / "run"), model="seed_cnn",
+                         image_size=32, epochs=3, time_budget=None, batch_size=16, augment="light", early_stopping=0,
+                         normalize="per-image", lr=3e-3)
+    return train(config, reporter=Reporter(quiet=True)).run_dir

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import shared_dataset
+
 
 
 def _free_port() -> int:
@@ -64,8 +66,8 @@ def _screenshot(page, tmp_path: Path, name: str) -> Path:
     return out
 
 
-def test_real_xray_shows_class_bars_and_notice(page, tmp_path, shared_data):
-    xray = sorted((shared_data("chest_xray_fullres_sample") / "PNEUMONIA").glob("*.jpeg"))[0]
+def test_real_xray_shows_class_bars_and_notice(page, tmp_path):
+    xray = sorted((shared_dataset("chest_xray_fullres_sample") / "PNEUMONIA").glob("*.jpeg"))[0]
     assert "Research use only" in page.inner_text("#notice")
     page.wait_for_function("document.getElementById('model-line').textContent.includes('version')")
     page.set_input_files("#file", str(xray))
