@@ -75,3 +75,15 @@ def test_image_size_the_model_cannot_take(small_dataset, tmp_path, quiet):
 def test_time_budget_sizes_epochs(small_dataset, tmp_path, quiet):
     result = train(tiny_config(small_dataset, tmp_path / "run", epochs=50, time_budget=1.0), reporter=quiet)
     assert 1 <= result.epochs_run < 50
+
+
+def test_epochs_cut_by_the_time_budget_are_not_exceeded(small_dataset, tmp_path, quiet, monkeypatch):
+    """When calibration lowers the epoch count during epoch 1, training stops there (the epoch loop
+    was built from the original maximum and used to run on past the budget)."""
+    from medclassify.training.fit import Trainer
+
+    monkeypatch.setattr(Trainer, "_fit_budget", lambda self, t, n, s, steps, max_epochs: (1, steps))
+    # batch 4: enough steps in epoch 1 for the calibration to run
+    result = train(tiny_config(small_dataset, tmp_path / "run", epochs=5, time_budget=3600.0, batch_size=4), reporter=quiet)
+    assert result.epochs_run == 1
+    assert len(list(csv.DictReader(open(result.run_dir / "history.csv")))) == 1

@@ -24,6 +24,7 @@ def serve(
     queue: int = typer.Option(32, "--queue", help="Requests allowed to wait; more are answered 503."),
     abstain_below: float = typer.Option(0.6, "--abstain-below", help="Flag answers whose top probability is under this."),
     backend: str = typer.Option("auto", help="auto (ONNX Runtime when exported), onnx or torch."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime threads per request (default: cores / workers)."),
 ):
     """Serve a run or a cascade over HTTP: REST API (/v1/predict, /v1/explain, /v1/model, /health) and a web page at /."""
     from ..errors import ConfigError
@@ -39,7 +40,8 @@ def serve(
             raise ConfigError(f"{name} must be positive (got {value}).", f"pass a positive {name}.")
     settings = ServeSettings(max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, timeout_s=timeout,
                              workers=workers, queue=queue, api_key=key)
-    application = create_app(target, settings, backend=backend, abstain_below=abstain_below)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    application = create_app(target, settings, backend=backend, abstain_below=abstain_below, threads=threads)
     import uvicorn
 
     model = application.state.model
