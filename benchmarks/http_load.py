@@ -133,7 +133,8 @@ def main() -> int:
     }
     print(f"{result['requests']} requests in {wall:.1f} s from {args.clients} clients ({result['requests_per_s']:.0f}/s), "
           f"{len(errors)} errors; p50 {result['p50_ms']:.1f} ms, p90 {result['p90_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms; "
-          f"server RSS {result['rss_mb_at_5s']:.0f} -> {result['rss_mb_end']:.0f} MB ({100 * growth:+.1f}%) from the 5th second")
+          + (f"server RSS {after5[0]:.0f} -> {after5[-1]:.0f} MB ({100 * growth:+.1f}%) from the 5th second"
+             if len(after5) >= 2 else "too short to judge memory"))
     print(f"written to {write_result('http_load', result)}")
     return 0
 

@@ -278,6 +278,7 @@ def write_stage_spec(spec: CascadeSpec, stage: Stage, final_labels: Sequence[str
     import yaml
 
     from ..data.compose import map_label
+    from ..data.sources import scan_folder
 
     doc = read_yaml(spec.data, "dataset spec")
     relabel = stage_relabel(spec, stage, final_labels)
@@ -285,8 +286,6 @@ def write_stage_spec(spec: CascadeSpec, stage: Stage, final_labels: Sequence[str
     for i, src in enumerate(doc["sources"]):
         folder = Path(src["path"]).expanduser()
         folder = folder if folder.is_absolute() else (spec.data.parent / folder)
-        from ..data.sources import scan_folder
-
         mapping = {str(k): (None if v is None else str(v)) for k, v in (src.get("classes") or {}).items()}
         for d in src.get("drop") or []:
             mapping[str(d)] = None
