@@ -40,6 +40,12 @@ def read_yaml(path: Path | str, what: str = "spec") -> dict[str, Any]:
     return doc
 
 
+def resolve_path(spec_path: Path, value: str | Path) -> Path:
+    """A path written in a YAML file: relative paths start from the file's folder."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else Path(spec_path).parent / p
+
+
 def map_label(label: str, mapping: dict[str, str | None]) -> str | None:
     """The new name of `label` under `mapping` ("*" matches every class not named; None drops)."""
     if label in mapping:
@@ -49,7 +55,7 @@ def map_label(label: str, mapping: dict[str, str | None]) -> str | None:
     return label
 
 
-def _source_mapping(spec_path: Path, i: int, src: dict) -> dict[str, str | None]:
+def source_mapping(spec_path: Path, i: int, src: dict) -> dict[str, str | None]:
     classes = src.get("classes") or {}
     if not isinstance(classes, dict):
         raise ConfigError(f"{spec_path}: sources[{i}].classes must be a mapping old_name: new_name.",
@@ -76,11 +82,10 @@ def compose(spec_path: Path | str, relabel: dict[str, str | None] | None = None)
     for i, src in enumerate(sources):
         if not isinstance(src, dict) or not src.get("path"):
             raise ConfigError(f"{spec_path}: sources[{i}] has no path.", "give each source a 'path: FOLDER' line.")
-        folder = Path(src["path"]).expanduser()
-        folder = folder if folder.is_absolute() else spec_path.parent / folder
+        folder = resolve_path(spec_path, src["path"])
         if folder.suffix.lower() in SPEC_SUFFIXES:
             raise ConfigError(f"{spec_path}: sources[{i}] is itself a spec ({folder}).", "list the dataset folders directly.")
-        mapping = _source_mapping(spec_path, i, src)
+        mapping = source_mapping(spec_path, i, src)
         index = scan_folder(folder)
         unknown = sorted(set(mapping) - set(index.classes) - {"*"})
         if unknown:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..data.compose import read_yaml
+from ..data.compose import read_yaml, resolve_path
 from ..errors import ConfigError, MedClassifyError
 from ..reporting import Reporter
 from ..run import load_run
@@ -92,8 +92,7 @@ def read_cascade(path: str | Path) -> CascadeSpec:
         route = s.get("route") or {}
         if not isinstance(route, dict):
             raise _err(path, f"stage '{name}': route must be a mapping class: next_stage.", "write e.g. route: {disease: kind}.")
-        run = Path(s["run"]).expanduser()
-        stages[name] = Stage(name, run if run.is_absolute() else path.parent / run, _mapping(path, name, s.get("classes")),
+        stages[name] = Stage(name, resolve_path(path, s["run"]), _mapping(path, name, s.get("classes")),
                              {str(k): str(v) for k, v in route.items()}, dict(s.get("train") or {}))
     start = str(doc.get("start") or next(iter(stages)))
     if start not in stages:
@@ -104,11 +103,7 @@ def read_cascade(path: str | Path) -> CascadeSpec:
                 raise _err(path, f"stage '{s.name}' routes class '{cls}' to unknown stage '{target}'.",
                            f"route to one of: {', '.join(stages)}.")
     _check_no_loops(path, stages, start)
-    data = doc.get("data")
-    data_path = None
-    if data:
-        data_path = Path(data).expanduser()
-        data_path = data_path if data_path.is_absolute() else path.parent / data_path
+    data_path = resolve_path(path, doc["data"]) if doc.get("data") else None
     return CascadeSpec(path, stages, start, data_path, dict(doc.get("train") or {}))
 
 
@@ -277,18 +272,15 @@ def write_stage_spec(spec: CascadeSpec, stage: Stage, final_labels: Sequence[str
     stage's (written next to the stage's run, so the run's config names a readable file)."""
     import yaml
 
-    from ..data.compose import map_label
+    from ..data.compose import map_label, source_mapping
     from ..data.sources import scan_folder
 
     doc = read_yaml(spec.data, "dataset spec")
     relabel = stage_relabel(spec, stage, final_labels)
     sources = []
     for i, src in enumerate(doc["sources"]):
-        folder = Path(src["path"]).expanduser()
-        folder = folder if folder.is_absolute() else (spec.data.parent / folder)
-        mapping = {str(k): (None if v is None else str(v)) for k, v in (src.get("classes") or {}).items()}
-        for d in src.get("drop") or []:
-            mapping[str(d)] = None
+        folder = resolve_path(spec.data, src["path"])
+        mapping = source_mapping(spec.data, i, src)
         classes = {}
         for c in scan_folder(folder).classes:
             final = map_label(c, mapping)
