@@ -162,7 +162,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     register_all()
     try:
-        app(args=argv, standalone_mode=False)
+        status = app(args=argv, standalone_mode=False)  # typer.Exit(n) comes back as n here
     except MedClassifyError as e:
         typer.echo(f"error: {e}", err=True)
         return 2
@@ -181,7 +181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             typer.echo("aborted", err=True)
             return 1
         raise
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

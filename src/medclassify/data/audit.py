@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from . import hashing
+from .cache import write_text_atomic
 from .fingerprints import Fingerprints, compute_fingerprints
 from .sources import DatasetIndex, Record, attach_patients, missing_classes, scan_folder
 from .splits import patient_overlap
@@ -279,8 +279,13 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
-def write_json(report: dict, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, path)
+def write_audit(result: AuditResult, out: Path) -> list[str]:
+    """audit.json and audit.html in `out`; returns the summary lines."""
+    from .audit_html import write_html
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = summary_lines(result.report)
+    write_text_atomic(out / "audit.json", json.dumps(result.report, indent=1))
+    write_html(result.report, lines, out / "audit.html")
+    return lines

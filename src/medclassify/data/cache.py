@@ -39,6 +39,14 @@ def files_key(paths: Sequence[str], salt: str) -> str:
     return h.hexdigest()[:20]
 
 
+def write_text_atomic(path: Path | str, text: str) -> None:
+    """Write under a temporary name, then rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def cache_key(paths: Sequence[str], size: int, resize_mode: str, channels: int) -> str:
     return files_key(paths, f"v{CACHE_VERSION}|{size}|{resize_mode}|{channels}")
 
