@@ -134,12 +134,10 @@ def build_report(index: DatasetIndex, records: Sequence[Record], fp: Fingerprint
     modes = Counter(fp.mode[k] for k in ok_rows.tolist())
     grey_rgb = [fp.paths[k] for k in ok_rows.tolist() if fp.gray[k] and fp.channels[k] == 3]
     unreadable = [{"path": p, "reason": fp.errors[p]} for p in sorted(by_path) if p in fp.errors]
-    exact = [_group_entry(g, by_path, "exact") for g in dups.exact if any(p in by_path for p in g)]
-    near = [_group_entry(g, by_path, "near") for g in dups.near if any(p in by_path for p in g)]
-    exact_exact_set = {tuple(g) for g in dups.exact}
-    for g in near:
-        if tuple(m["path"] for m in g["members"]) in exact_exact_set:
-            g["kind"] = "exact"
+    present = lambda groups: [kept for g in groups if len(kept := [p for p in g if p in by_path]) > 1]  # noqa: E731
+    exact = [_group_entry(g, by_path, "exact") for g in present(dups.exact)]
+    exact_sets = {tuple(g) for g in present(dups.exact)}
+    near = [_group_entry(g, by_path, "exact" if tuple(g) in exact_sets else "near") for g in present(dups.near)]
     leak = [g for g in near if len(g["splits"]) > 1]
     exact_leak = [g for g in exact if len(g["splits"]) > 1]
     conflicts = [g for g in near if len(g["labels"]) > 1]
@@ -225,19 +223,22 @@ def audit_dataset(data: str | Path, patient_pattern: str | None = None, reporter
     return AuditResult(build_report(index, index.records, fp, dups, patient_pattern), index, fp, dups)
 
 
+HELD_OUT_ORDER = ("test", "val", "train")  # a leaking group keeps its copies in the first split it spans
+
+
 def dedupe(records: list[Record], report: dict) -> tuple[list[Record], dict[str, str]]:
-    """Drop the train copies of groups that leak into val/test, and every member of groups whose
-    labels conflict. Returns the kept records and {path: why} of the dropped ones."""
+    """Drop every member of duplicate groups whose labels conflict, and the copies of leaking groups
+    outside their most held-out split (train copies of val/test images, val copies of test images).
+    Returns the kept records and {path: why} of the dropped ones."""
     dropped: dict[str, str] = {}
     for g in report["conflicting_labels"]["list"]:
         for m in g["members"]:
             dropped[m["path"]] = f"duplicate group with conflicting labels {'/'.join(g['labels'])}"
     for g in report["leakage"]["list"]:
-        if "train" in g["splits"]:
-            others = "/".join(s for s in g["splits"] if s != "train")
-            for m in g["members"]:
-                if m["split"] == "train":
-                    dropped.setdefault(m["path"], f"duplicate of a {others} image")
+        keep = next(s for s in HELD_OUT_ORDER if s in g["splits"])
+        for m in g["members"]:
+            if m["split"] != keep:
+                dropped.setdefault(m["path"], f"duplicate of a {keep} image")
     return [r for r in records if r.path not in dropped], dropped
 
 

@@ -237,7 +237,7 @@ def train(config: TrainConfig | None = None, reporter: Reporter | None = None, o
         data = prepare(config.data, image_size=config.image_size, resize=config.resize, channels=config.channels,
                        normalize=config.normalize, mean=spec.mean, std=spec.std, patient_pattern=config.patient_pattern,
                        val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
-                       reporter=reporter, workers=config.workers)
+                       reporter=reporter, workers=config.workers, dedupe=config.dedupe, strict=config.strict)
         prep_s = time.perf_counter() - t0
         trainer = Trainer(config, data, reporter)
         check_input_size(trainer.build_model().cpu(), config.image_size, data.preprocessing.channels, config.model)
@@ -255,6 +255,7 @@ def train(config: TrainConfig | None = None, reporter: Reporter | None = None, o
             "classes": data.classes,
             "preprocessing": data.preprocessing.model_dump(),
             "data": data.summary(),
+            "audit": data.audit,
             "environment": {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()},
         }
         write_json(writer.path / "run.json", info)
