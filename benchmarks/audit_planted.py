@@ -13,7 +13,6 @@ Writes benchmarks/results/audit_planted.json."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
@@ -26,7 +25,7 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -58,33 +57,18 @@ def chest_xray_originals(n: int, rng: random.Random) -> list[tuple[Image.Image, 
 
 
 def synthetic_originals(n: int, rng: random.Random) -> list[tuple[Image.Image, str]]:
-    from medclassify.data.synthetic import synthetic_image
+    from medclassify.data.synthetic import texture_image
 
-    nrng = np.random.default_rng(rng.randrange(2**32))
-    out = []
-    for k in range(n):
-        arr = synthetic_image(nrng, 128, int(nrng.integers(0, 6)), blob_radius=float(nrng.uniform(0.05, 0.2)))
-        out.append((Image.fromarray(arr), "lesion" if k % 2 else "normal"))
-    return out
+    return [(Image.fromarray(texture_image(rng.randrange(2**32), 128)), "lesion" if k % 2 else "normal") for k in range(n)]
 
 
 def augment(img: Image.Image, rng: random.Random) -> tuple[Image.Image, dict]:
-    w, h = img.size
-    scale = rng.uniform(0.8, 1.2)
-    angle = rng.uniform(-10, 10)
-    bright = rng.uniform(0.8, 1.2)
-    flip = rng.random() < 0.5
-    quality = rng.choice([60, 70, 80, 90])
-    img = img.resize((max(8, round(w * scale)), max(8, round(h * scale))), Image.BILINEAR)
-    img = img.rotate(angle, resample=Image.BILINEAR)
-    img = ImageEnhance.Brightness(img).enhance(bright)
-    if flip:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    buf.seek(0)
-    return Image.open(buf).copy(), {"scale": round(scale, 3), "angle": round(angle, 2), "brightness": round(bright, 3),
-                                     "flip": flip, "jpeg_quality": quality}
+    from medclassify.data.synthetic import augmented_copy
+
+    params = {"scale": round(rng.uniform(0.8, 1.2), 3), "angle": round(rng.uniform(-10, 10), 2),
+              "brightness": round(rng.uniform(0.8, 1.2), 3), "flip": rng.random() < 0.5,
+              "quality": rng.choice([60, 70, 80, 90])}
+    return Image.fromarray(augmented_copy(np.asarray(img), **params)), params
 
 
 def main() -> int:
