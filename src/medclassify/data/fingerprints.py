@@ -57,7 +57,7 @@ def _one(path: str):
     except Exception as e:  # a worker must never die on one file
         return path, None, f"{type(e).__name__}: {e}"
     g = hashing.grey(arr)
-    thumb = hashing.thumbnail(arr)
+    thumb = hashing.thumbnail(g)
     hist = np.bincount(g.ravel() >> (8 - int(np.log2(HIST_BINS))), minlength=HIST_BINS) / g.size
     return path, {
         "width": arr.shape[1], "height": arr.shape[0], "mode": stored_mode(path), "gray": is_gray_content(arr),
