@@ -115,8 +115,7 @@ def prepare(
     if lost:
         raise DataError(f"Every training image of class(es) {', '.join(sorted(lost))} is unreadable.",
                         "replace the corrupt files (see the list above).")
-    # Carved splits keep every duplicate group (and patient) on one side.
-    records = assign_splits(records, val_fraction, test_fraction, seed, linked=duplicates.linked())
+    records = carve_splits(records, val_fraction, test_fraction, seed, duplicates.linked(), reporter)
     records, audit = apply_audit(index, records, fingerprints, duplicates, patient_pattern, dedupe, strict, reporter)
     for split in ("val", "test"):
         have = {r.label for r in records if r.split == split}
@@ -126,6 +125,20 @@ def prepare(
     overlap = patient_overlap(records)
     classes = index.classes
     return PreparedData(index, [replace(r) for r in records], classes, cache, prep, skipped, census, overlap, audit)
+
+
+def carve_splits(records: list[Record], val_fraction: float, test_fraction: float, seed: int,
+                 linked: list[list[str]], reporter: Reporter) -> list[Record]:
+    """assign_splits keeping every duplicate group (and patient) on one side; when that leaves a
+    carved split empty (a class made of copies of one image), carve by patient only, and say so."""
+    wanted = {"train", "val"} | ({"test"} if all(r.split is None for r in records) else set())
+    out = assign_splits(records, val_fraction, test_fraction, seed, linked=linked)
+    empty = wanted - {r.split for r in out} - {r.split for r in records}
+    if linked and empty:
+        reporter.warn(f"Keeping duplicate images together would leave the {'/'.join(sorted(empty))} split empty; "
+                      "split without them, so duplicates may sit on both sides (see the warnings below).")
+        out = assign_splits(records, val_fraction, test_fraction, seed)
+    return out
 
 
 def apply_audit(index: DatasetIndex, records: list[Record], fingerprints, duplicates, patient_pattern: str | None,

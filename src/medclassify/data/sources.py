@@ -143,7 +143,7 @@ def check_usable(index: DatasetIndex) -> None:
             extra = {r.label for r in index.records if r.split == split} - train_classes
             if extra:
                 raise DataError(
-                    f"The {split} split of {index.root} has classes (labels) the train split lacks: {', '.join(sorted(extra))}.",
+                    f"The {split} split of {index.root} has classes the train split lacks: {', '.join(sorted(extra))}.",
                     "add training images of those classes, fix the labels, or remove them from the other split.",
                 )
 
