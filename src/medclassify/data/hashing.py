@@ -209,33 +209,56 @@ def coefficient_cosines(coefs: np.ndarray, mu: np.ndarray, i: np.ndarray, j: np.
     return out
 
 
-def _disk_vectors(thumb: np.ndarray) -> np.ndarray:
-    """(2 * len(ANGLES), P) standardised disk pixels of every stored rotation and its mirror."""
+@lru_cache(maxsize=1)
+def _rotation_taps() -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear sampling of the disk pixels of each stored rotation of a thumbnail and of its mirror:
+    (index, weight) arrays of shape (2 * len(ANGLES), 4, P) into the flattened thumbnail (pixels that
+    fall outside read 0, like a rotation's black corners)."""
     disk = _disk()
-    out = []
-    for t in (thumb, thumb[:, ::-1].copy()):
+    yy, xx = np.nonzero(disk)
+    c = (THUMB - 1) / 2
+    idx, wts = [], []
+    for mirror in (False, True):
         for angle in ANGLES:
-            v = _rotated(t, angle)[disk]
-            sd = float(v.std())
-            out.append((v - v.mean()) / sd if sd > 1e-6 else np.zeros_like(v))
-    return np.stack(out)
+            a = np.deg2rad(angle)  # output pixel (x, y) samples the source at the inverse rotation
+            x0, y0 = xx - c, yy - c
+            sx = np.cos(a) * x0 - np.sin(a) * y0 + c
+            sy = np.sin(a) * x0 + np.cos(a) * y0 + c
+            if mirror:
+                sx = (THUMB - 1) - sx
+            fx, fy = np.floor(sx).astype(int), np.floor(sy).astype(int)
+            dx, dy = sx - fx, sy - fy
+            taps_i, taps_w = [], []
+            for ox, oy, w in ((0, 0, (1 - dx) * (1 - dy)), (1, 0, dx * (1 - dy)), (0, 1, (1 - dx) * dy), (1, 1, dx * dy)):
+                px, py = fx + ox, fy + oy
+                inside = (px >= 0) & (px < THUMB) & (py >= 0) & (py < THUMB)
+                taps_i.append(np.where(inside, py * THUMB + px, 0))
+                taps_w.append(np.where(inside, w, 0.0))
+            idx.append(taps_i)
+            wts.append(taps_w)
+    return np.array(idx), np.array(wts, np.float32)
 
 
-def pair_correlations(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """For each pair, the best correlation of thumbnail i with thumbnail j under the stored rotations
-    and mirrors (1.0 for identical content)."""
+def _standardise(v: np.ndarray) -> np.ndarray:
+    v = v - v.mean(axis=-1, keepdims=True)
+    sd = np.sqrt((v * v).mean(axis=-1, keepdims=True))
+    return np.where(sd > 1e-6, v / np.maximum(sd, 1e-6), 0.0)
+
+
+def pair_correlations(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, batch: int = 2048) -> np.ndarray:
+    """For each pair, the best correlation of thumbnail i's disk with thumbnail j's disk under the
+    stored rotations and their mirrors (1.0 for identical content)."""
     out = np.zeros(len(i), np.float32)
     if len(i) == 0:
         return out
-    involved = np.unique(np.concatenate([i, j]))
-    row = {int(v): k for k, v in enumerate(involved)}
-    vecs = np.stack([_disk_vectors(thumbs[v]) for v in involved]).astype(np.float32)  # (m, 14, P)
-    centre = vecs[:, CENTRE]  # unrotated, unmirrored
-    p = vecs.shape[-1]
-    ri = np.fromiter((row[int(v)] for v in i), np.int64, len(i))
-    rj = np.fromiter((row[int(v)] for v in j), np.int64, len(j))
+    idx, wts = _rotation_taps()
+    centre = (thumbs.reshape(len(thumbs), -1)[:, _disk().ravel()]).astype(np.float32)
     for s in range(0, len(i), batch):
-        a = centre[ri[s : s + batch]]  # (b, P)
-        b = vecs[rj[s : s + batch]]  # (b, 14, P)
-        out[s : s + batch] = np.einsum("bp,bkp->bk", a, b).max(axis=1) / p
+        a = _standardise(centre[i[s : s + batch]])  # (b, P), unrotated
+        xj = thumbs[j[s : s + batch]].reshape(-1, THUMB * THUMB).astype(np.float32)
+        best = np.full(len(a), -1.0, np.float32)
+        for k in range(len(idx)):
+            v = sum(xj[:, idx[k, t]] * wts[k, t] for t in range(4))
+            best = np.maximum(best, (a * _standardise(v)).mean(axis=1))
+        out[s : s + batch] = best
     return out
