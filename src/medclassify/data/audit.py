@@ -99,6 +99,16 @@ def _group_entry(paths: list[str], by_path: dict[str, Record], kind: str) -> dic
             "members": members}
 
 
+def _present(groups: list[list[str]], by_path: dict) -> list[list[str]]:
+    """The groups restricted to the audited records, where two or more members remain."""
+    out = []
+    for g in groups:
+        kept = [p for p in g if p in by_path]
+        if len(kept) > 1:
+            out.append(kept)
+    return out
+
+
 def _split_pairs(groups: list[dict]) -> dict[str, int]:
     out: Counter = Counter()
     for g in groups:
@@ -134,10 +144,10 @@ def build_report(index: DatasetIndex, records: Sequence[Record], fp: Fingerprint
     modes = Counter(fp.mode[k] for k in ok_rows.tolist())
     grey_rgb = [fp.paths[k] for k in ok_rows.tolist() if fp.gray[k] and fp.channels[k] == 3]
     unreadable = [{"path": p, "reason": fp.errors[p]} for p in sorted(by_path) if p in fp.errors]
-    present = lambda groups: [kept for g in groups if len(kept := [p for p in g if p in by_path]) > 1]  # noqa: E731
-    exact = [_group_entry(g, by_path, "exact") for g in present(dups.exact)]
-    exact_sets = {tuple(g) for g in present(dups.exact)}
-    near = [_group_entry(g, by_path, "exact" if tuple(g) in exact_sets else "near") for g in present(dups.near)]
+    exact_groups, near_groups = _present(dups.exact, by_path), _present(dups.near, by_path)
+    exact = [_group_entry(g, by_path, "exact") for g in exact_groups]
+    exact_sets = {tuple(g) for g in exact_groups}
+    near = [_group_entry(g, by_path, "exact" if tuple(g) in exact_sets else "near") for g in near_groups]
     leak = [g for g in near if len(g["splits"]) > 1]
     exact_leak = [g for g in exact if len(g["splits"]) > 1]
     conflicts = [g for g in near if len(g["labels"]) > 1]
@@ -262,7 +272,7 @@ def summary_lines(report: dict) -> list[str]:
     lines.append(f"Exact duplicates: {ex['groups']} group(s), {ex['images']} images; "
                  f"{ex['cross_split_groups']} group(s) across splits.")
     lines.append(f"Near duplicates (incl. exact): {nr['groups']} group(s), {nr['images']} images.")
-    if pt["pattern"]:
+    if pt["images_with_id"]:
         lines.append(f"Patients: {pt['patients']} ids from {pt['images_with_id']} images; {pt['in_several_splits']} in several splits.")
     un = report["unreadable"]
     if un["count"]:
