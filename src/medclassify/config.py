@@ -32,7 +32,7 @@ class TrainConfig(BaseModel):
     time_budget: float | None = DEFAULT_TIME_BUDGET  # seconds of training; sizes the epochs
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
+    lr: float | None = Field(None, gt=0)  # None: 4e-4 when fine-tuning pretrained weights, 1e-3 from scratch
     weight_decay: float = Field(0.01, ge=0)
     scheduler: Literal["cosine", "step", "constant"] = "cosine"
     warmup_epochs: float = Field(0.5, ge=0)
