@@ -137,3 +137,13 @@ def test_carved_splits_keep_duplicates_together(tmp_path, quiet):
     split_of = {r.path.rsplit("/", 1)[1].split(".")[0]: r.split for r in data.records}
     assert all(split_of[f"img{k}"] == split_of[f"img{k}_copy"] for k in range(6))
     assert data.audit["duplicate_leakage_groups"] == 0 and data.audit["near_duplicate_groups"] == 6
+
+
+def test_flat_images_are_grouped_only_when_identical(tmp_path):
+    from medclassify.data.audit import find_duplicates
+    from medclassify.data.fingerprints import compute_fingerprints
+
+    paths = [save(tmp_path, f"{v}_{k}.png", np.full((16, 16), v, np.uint8)) for v in (0, 200) for k in range(3)]
+    paths.append(save(tmp_path, "t.png", texture(7)))
+    dups = find_duplicates(compute_fingerprints([str(p) for p in paths], workers=1))
+    assert sorted(len(g) for g in dups.exact) == [3, 3] and sorted(len(g) for g in dups.near) == [3, 3]

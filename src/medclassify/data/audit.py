@@ -65,16 +65,18 @@ def find_duplicates(fp: Fingerprints, max_hamming: int = hashing.MAX_HAMMING,
     for r in rows.tolist():
         by_hash[fp.exact[r]].append(r)
     exact = sorted(sorted(fp.paths[r] for r in g) for g in by_hash.values() if len(g) > 1)
-    coefs = fp.coefs[rows]
+    # Flat images (one grey level) have no perceptual hash; the exact hash groups them.
+    search = np.flatnonzero(np.abs(fp.coefs[rows, hashing.CENTRE]).sum(axis=1) > 0)
+    coefs = fp.coefs[rows[search]]
     mu = hashing.dataset_mean(coefs)
     hashes = hashing.perceptual_hashes(coefs, mu)
-    owner = np.repeat(np.arange(len(rows)), hashes.shape[1])
+    owner = np.repeat(np.arange(len(search)), hashes.shape[1])
     i, j, _ = hashing.near_pairs(hashes[:, hashing.CENTRE], hashes.ravel(), owner, max_hamming)
     candidates = len(i)
     close = hashing.coefficient_cosines(coefs, mu, i, j) >= hashing.MIN_COSINE
     i, j = i[close], j[close]
-    ok = hashing.pair_correlations(fp.thumbs[rows], i, j) >= min_correlation
-    i, j = i[ok], j[ok]
+    ok = hashing.pair_correlations(fp.thumbs[rows[search]], i, j) >= min_correlation
+    i, j = search[i[ok]], search[j[ok]]
     ex_i = [g[0] for g in by_hash.values() if len(g) > 1 for _ in g[1:]]
     ex_j = [m for g in by_hash.values() if len(g) > 1 for m in g[1:]]
     pos = {r: k for k, r in enumerate(rows.tolist())}
