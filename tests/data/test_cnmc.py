@@ -69,3 +69,13 @@ def test_cnmc_label_row_without_image(tmp_path):
     root, _ = build_tree(tmp_path, labels_rows=[("UID_1_1_1_all.bmp", "99999.bmp", "1")])
     with pytest.raises(DataError, match="not in"):
         scan_folder(root)
+
+
+def test_cnmc_audit_knows_the_patients_without_a_pattern(tmp_path):
+    from medclassify.data.audit import audit_dataset
+
+    root, _ = build_tree(tmp_path)
+    report = audit_dataset(root).report
+    assert report["layout"] == "cnmc" and report["unlabelled_images"] == PER_FOLDER
+    assert report["patients"]["images_with_id"] == report["images"]
+    assert report["exact_duplicates"]["groups"] == 0  # every generated image is distinct
