@@ -57,7 +57,7 @@ def train(
     device: str = typer.Option(None, help="auto, cpu or cuda."),
     seed: int = typer.Option(None),
     threads: int = typer.Option(None, help="CPU threads for PyTorch."),
-    dedupe: bool = typer.Option(None, "--dedupe", help="Drop train copies of val/test images and duplicate groups with conflicting labels (counted)."),
+    dedupe: bool = typer.Option(None, "--dedupe", help="Keep only the held-out copy of duplicates that cross splits (test, then val) and drop duplicate groups with conflicting labels (counted)."),
     strict: bool = typer.Option(None, "--strict", help="Refuse to train when splits leak or duplicate labels conflict."),
     folds: int = typer.Option(None, "--folds", help="Group k-fold cross-validation: K runs under OUT/fold_k and OUT/cv_summary.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
