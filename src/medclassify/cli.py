@@ -195,4 +195,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m medclassify.cli`: go through the package module so that the command modules
+    # register on the same app object.
+    from medclassify.cli import main as package_main
+
+    sys.exit(package_main())
