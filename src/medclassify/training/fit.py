@@ -208,7 +208,9 @@ class Trainer:
                 if stopper.step(improved):
                     rep.info(f"Early stopping: no improvement of val {c.monitor} for {c.early_stopping} epochs.")
                     break
-                if c.time_budget and epoch < epochs:
+                if epoch >= epochs:  # the time budget may lower the epoch count during epoch 1
+                    break
+                if c.time_budget:
                     elapsed = time.perf_counter() - t_start
                     per_epoch = elapsed / epoch
                     if elapsed + per_epoch > c.time_budget * 1.05:
