@@ -18,7 +18,7 @@ from .bootstrap import attach_cis, bootstrap_ci
 from .calibration import (expected_calibration_error, fit_temperature, reliability, run_temperature, save_temperature,
                           softmax)
 from .metrics import compute_metrics
-from .threshold import choose_threshold, operating_point
+from .threshold import check_target, choose_threshold, operating_point
 
 
 def evaluate_records(run: Run, records: list[Record], cache: ImageCache | None = None, reporter: Reporter | None = None,
@@ -158,10 +158,13 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
     an operating threshold chosen on validation and the quadratic-weighted kappa for ordinal classes.
     Saved as metrics/<split>.json (metrics/external.json for --data) unless save=False."""
     run = run if isinstance(run, Run) else load_run(run)
-    if ordinal or order is not None:
-        order_idx = class_order(run, order)
-    else:
-        order_idx = None
+    order_idx = class_order(run, order) if ordinal or order is not None else None
+    wants_threshold = target_sensitivity is not None or target_specificity is not None
+    if wants_threshold:
+        check_target(target_sensitivity, target_specificity)
+        if len(run.classes) != 2:
+            raise ConfigError("--target-sensitivity/--target-specificity need a binary task "
+                              f"(run {run.path} has {len(run.classes)} classes).", "drop the option for multiclass runs.")
     if data is not None:
         records = scan_folder(data).records
         name = "external"
@@ -178,7 +181,7 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
     metrics["split"] = name
     metrics["source"] = str(data) if data is not None else str(run.path / "split.csv")
     add_statistics(metrics, n_boot=n_boot, seed=seed, order=order_idx)
-    if target_sensitivity is not None or target_specificity is not None:
+    if wants_threshold:
         add_operating_point(run, metrics, target_sensitivity, target_specificity, n_boot, seed)
     if save:
         run.save_metrics(name, metrics)

@@ -8,15 +8,20 @@ import numpy as np
 from ..errors import ConfigError
 
 
-def choose_threshold(y, p_pos, target_sensitivity: float | None = None, target_specificity: float | None = None) -> float:
-    """Predict positive when p >= threshold. For a sensitivity target: the highest threshold whose
-    validation sensitivity reaches it (best specificity given the target); for a specificity target:
-    the lowest threshold whose validation specificity reaches it."""
+def check_target(target_sensitivity: float | None, target_specificity: float | None) -> None:
     if (target_sensitivity is None) == (target_specificity is None):
         raise ConfigError("Give exactly one of --target-sensitivity and --target-specificity.", "drop one of them.")
     target = target_sensitivity if target_sensitivity is not None else target_specificity
     if not 0 < target <= 1:
         raise ConfigError(f"Target {target} is not in (0, 1].", "pass a fraction such as 0.95.")
+
+
+def choose_threshold(y, p_pos, target_sensitivity: float | None = None, target_specificity: float | None = None) -> float:
+    """Predict positive when p >= threshold. For a sensitivity target: the highest threshold whose
+    validation sensitivity reaches it (best specificity given the target); for a specificity target:
+    the lowest threshold whose validation specificity reaches it."""
+    check_target(target_sensitivity, target_specificity)
+    target = target_sensitivity if target_sensitivity is not None else target_specificity
     y = np.asarray(y).astype(bool)
     p = np.asarray(p_pos, dtype=np.float64)
     if y.all() or not y.any():

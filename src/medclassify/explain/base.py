@@ -72,7 +72,7 @@ class Explainer:
         """(N, H, W, C) or (H, W, C) uint8 -> model input."""
         if images.ndim == 3:
             images = images[None]
-        return self.prep(images)
+        return self.prep(np.require(images, requirements=["C", "W"]))  # decoded images may be read-only
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

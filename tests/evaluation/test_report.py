@@ -1,0 +1,73 @@
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medclassify.evaluation.report import build_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(tiny_run, run)
+    info = json.loads((run / "run.json").read_text())
+    info["warnings"] = ["12 exact duplicate images <found> across train and test"]
+    (run / "run.json").write_text(json.dumps(info))
+    return run, build_report(run)
+
+
+def test_report_is_self_contained_and_complete(report):
+    run, path = report
+    assert path == run / "report.html"
+    page = path.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page), "the report must not load anything"
+    assert "<script" not in page
+    images = re.findall(r"<img [^>]*src=['\"]([^'\"]+)", page)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)
+    for heading in ("How to read this report", "Per class", "Confusion matrix", "ROC and precision-recall",
+                    "calibration", "Most confidently wrong", "Training", "Run and data"):
+        assert heading in page, heading
+    # the audit's warning is shown, escaped
+    assert "12 exact duplicate images &lt;found&gt;" in page
+    metrics = json.loads((run / "metrics" / "test.json").read_text())
+    errors = int((np.asarray(metrics["predictions"]["probabilities"]).argmax(1)
+                  != np.asarray(metrics["predictions"]["labels"])).sum())
+    assert page.count("<figure>") == min(8, errors)
+    assert f"{100 * metrics['ci']['accuracy'][0]:.1f}%" in page
+
+
+def test_report_renders_in_headless_chromium_without_console_errors(report, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent: install it with `apt-get install chromium` to check the report renders")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    _, path = report
+    problems = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM),
+                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            page.on("requestfailed", lambda req: problems.append(f"failed request {req.url}"))
+            page.goto(path.as_uri(), wait_until="load")
+            broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length")
+            n_images = page.evaluate("document.images.length")
+            height = page.evaluate("document.body.scrollHeight")
+            shot = tmp_path / "report.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert problems == []
+    assert n_images >= 5 and broken == 0
+    assert height > 2000  # every section laid out, not a collapsed page
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape[0] == height or pixels.shape[0] > 2000
+    assert pixels.std() > 10  # text and figures, not a blank page
