@@ -50,6 +50,15 @@ class TrainConfig(BaseModel):
     workers: int | None = None  # decode processes for the cache; default: all cores
     threads: int | None = None  # torch intra-op threads; default: all cores
 
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, v: str) -> str:
+        from .data.transforms import PRESETS
+
+        if v not in PRESETS:
+            raise ValueError(f"unknown augmentation preset {v!r}; use one of: {', '.join(PRESETS)}")
+        return v
+
     @field_validator("image_size")
     @classmethod
     def _size(cls, v: int) -> int:

@@ -27,7 +27,7 @@ def run_demo(out: str | Path, reporter: Reporter | None = None) -> str:
                             splits={"train": 0.75, "test": 0.25}, seed=0)
     reporter.info(f"Generated 240 grey 64 px images in 3 classes under {data}.")
     config = TrainConfig(data=str(data), out=str(out / "run"), model="seed_cnn", image_size=64, epochs=12, time_budget=None,
-                         augment="light", lr=2e-3, early_stopping=0, batch_size=32, label_smoothing=0.0, drop_rate=0.1)
+                         augment="light", normalize="fixed", lr=2e-3, early_stopping=0, batch_size=32, label_smoothing=0.0, drop_rate=0.1)
     result = train(config, reporter=reporter)
     test = evaluate(result.run_dir, split="test", reporter=reporter)
     preds = predict_files(result.run_dir, [data / "test"], out / "predictions.csv", reporter=reporter)

@@ -36,7 +36,7 @@ class Reporter:
 
     def _print(self, text: str, style: str | None = None) -> None:
         if self.console is not None:
-            self.console.print(text, style=style, markup=False)
+            self.console.print(text, style=style, markup=False, soft_wrap=True)
 
     def info(self, text: str) -> None:
         self.messages.append(("info", text))

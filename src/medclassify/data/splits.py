@@ -40,9 +40,9 @@ def carve(records: list[Record], fraction: float, seed: int, new_split: str) -> 
         if quota == 0 and total >= 2:
             quota = 1  # every class is represented in val/test when it has two or more images
         taken = 0
-        for k in keys:
-            if taken >= quota:
-                break
+        for n_taken, k in enumerate(keys):
+            if taken >= quota or n_taken == len(keys) - 1:
+                break  # quota met, or the class's last group, which stays where it was
             if taken + len(groups[k]) > quota * 1.5 and taken > 0:
                 continue  # a large patient group would overshoot; try smaller ones first
             chosen.update(groups[k])

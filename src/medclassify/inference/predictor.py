@@ -114,8 +114,8 @@ def predict_files(run: Run | str | Path, inputs: Iterable[str | Path] | str | Pa
     reporter = reporter or Reporter(quiet=True)
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    paths = collect_inputs(inputs)
     predictor = Predictor(run)
+    paths = collect_inputs(inputs)
     with reporter.task("Predicting", len(paths)) as bar:
         preds = predictor.predict_paths(paths, on_batch=bar.advance)
     failed = [p for p in preds if p.error]
