@@ -178,7 +178,7 @@ def write_compare_html(result: dict, out: str | Path) -> Path:
     page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>medclassify comparison</title>
 <style>body{{font-family:system-ui,Arial,sans-serif;max-width:1100px;margin:auto;padding:1.5rem;color:#1d2733}}
 table{{border-collapse:collapse;margin:0.8rem 0}}td,th{{border:1px solid #d5dbe3;padding:0.3rem 0.6rem;text-align:right}}
-td:first-child,th:first-child,td:nth-child(2){{text-align:left}}th{{background:#f2f5f8}}small{{color:#5b6775}}</style></head><body>
+td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){{text-align:left}}th{{background:#f2f5f8}}small{{color:#5b6775}}</style></head><body>
 <h1>Comparison on the {e(result['split'])} split ({result['n']} images)</h1>
 <p>Sorted by balanced accuracy; under each value its 95% bootstrap interval. Overlapping intervals do not settle
 which model is better: the paired tests below compare the models image by image on the same cases.</p>

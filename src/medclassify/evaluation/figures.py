@@ -58,9 +58,11 @@ def training_curves(history: dict[str, np.ndarray], best_epoch: int | None) -> b
     return png(fig)
 
 
-def _one_vs_rest(classes: list[str]) -> list[int]:
-    """Binary: only the positive class (the other curve is its mirror). Multiclass: every class."""
-    return [1] if len(classes) == 2 else list(range(len(classes)))
+def _one_vs_rest(y: np.ndarray, classes: list[str]) -> list[int]:
+    """Classes to draw a curve for. Binary: only the positive class (the other curve is its mirror).
+    Multiclass: every class with both positives and negatives among the images."""
+    candidates = [1] if len(classes) == 2 else range(len(classes))
+    return [c for c in candidates if 0 < (y == c).sum() < len(y)]
 
 
 def roc_curves(y: np.ndarray, probs: np.ndarray, classes: list[str], operating_point: dict | None = None) -> bytes:
@@ -68,9 +70,7 @@ def roc_curves(y: np.ndarray, probs: np.ndarray, classes: list[str], operating_p
 
     fig = _figure(4.6, 4.2)
     ax = fig.subplots()
-    for c in _one_vs_rest(classes):
-        if len(np.unique(y == c)) < 2:
-            continue
+    for c in _one_vs_rest(y, classes):
         fpr, tpr, _ = roc_curve(y == c, probs[:, c])
         auc = roc_auc_score(y == c, probs[:, c])
         ax.plot(fpr, tpr, color=PALETTE[c % len(PALETTE)], label=f"{classes[c]} (AUC {auc:.3f})")
@@ -90,9 +90,7 @@ def pr_curves(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> bytes:
 
     fig = _figure(4.6, 4.2)
     ax = fig.subplots()
-    for c in _one_vs_rest(classes):
-        if len(np.unique(y == c)) < 2:
-            continue
+    for c in _one_vs_rest(y, classes):
         prec, rec, _ = precision_recall_curve(y == c, probs[:, c])
         ap = average_precision_score(y == c, probs[:, c])
         color = PALETTE[c % len(PALETTE)]
