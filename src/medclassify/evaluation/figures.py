@@ -49,10 +49,14 @@ def training_curves(history: dict[str, np.ndarray], best_epoch: int | None) -> b
     if "val_balanced_accuracy" in history:
         ax2.plot(ep, history["val_balanced_accuracy"], "s--", label="validation balanced accuracy", color=PALETTE[2])
     ax2.set(title="Accuracy (higher is better)", xlabel="epoch", ylim=(0, 1.02))
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if best_epoch:
             ax.axvline(best_epoch, color="grey", ls=":", lw=1)
-            ax.text(best_epoch, ax.get_ylim()[1], " kept model", va="top", fontsize=8, color="grey")
+            ax.text(best_epoch, 0.98, " kept model", va="top", ha="right", fontsize=8, color="grey",
+                    transform=ax.get_xaxis_transform())
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     return png(fig)
@@ -134,7 +138,9 @@ def reliability_diagram(rel: dict) -> bytes:
     for x, a, n in zip(centres, acc, count):
         if n:
             ax.text(x, min(np.nan_to_num(a) + 0.02, 0.97), str(n), ha="center", fontsize=7, color="dimgrey")
+    # the top-label confidence of k classes is at least 1/k: start the axis there
+    low = edges[np.flatnonzero(count)[0]] if count.any() else 0.0
     ax.set(title=f"Reliability (ECE {rel['ece']:.3f}; numbers: images per bar)", xlabel="model's confidence in its answer",
-           ylabel="fraction correct", xlim=(0, 1), ylim=(0, 1))
+           ylabel="fraction correct", xlim=(low, 1), ylim=(0, 1.05))
     ax.legend(fontsize=8, loc="upper left")
     return png(fig)

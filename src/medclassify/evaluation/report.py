@@ -28,11 +28,17 @@ EXPLAIN = {
     "accuracy": "share of all images classified correctly",
     "balanced_accuracy": "average of the per-class recalls; not inflated when one class is common",
     "macro_f1": "average over classes of the balance between precision and recall",
-    "auc": "chance that a random diseased image scores higher than a random healthy one (0.5 = coin toss)",
+    "auc": "chance that a random {pos} image scores higher than a random {neg} one (0.5 = coin toss, 1 = perfect)",
     "sensitivity": "share of {pos} images the model calls {pos}",
     "specificity": "share of {neg} images the model calls {neg}",
     "qwk": "agreement with the true grade, counting far-off grades as worse errors",
 }
+
+
+def _explain(key: str, pos: str, neg: str) -> str:
+    if key == "auc" and not pos:
+        return "for each class against the others, the chance that an image of it scores higher than one that is not; averaged"
+    return EXPLAIN[key].format(pos=pos, neg=neg)
 
 
 def _e(x) -> str:
@@ -70,9 +76,12 @@ def _metric_rows(metrics: dict, pos: str, neg: str) -> str:
     rows = "".join(
         f"<tr><td>{NAMES[k]}</td><td>{_pct(metrics[k]) if k != 'qwk' else f'{metrics[k]:.3f}'}</td>"
         f"<td class='ci'>{_ci(metrics.get('ci', {}).get(k)) if k != 'qwk' else _kappa_ci(metrics)}</td>"
-        f"<td style='text-align:left'>{_e(EXPLAIN[k].format(pos=pos, neg=neg))}</td></tr>"
+        f"<td class='text'>{_e(_explain(k, pos, neg))}</td></tr>"
         for k in keys)
-    return ("<table><tr><th>measure</th><th>value</th><th>95% interval</th><th>what it means</th></tr>" + rows + "</table>"
+    rule = ("the class with the highest probability (for two classes: probability ≥ 50%)" if "operating_point" not in metrics
+            else "the default rule, probability ≥ 50% (the chosen threshold's figures are in the next table)")
+    return (f"<p>Figures when each image is assigned by {rule}.</p>"
+            "<table><tr><th>measure</th><th>value</th><th>95% interval</th><th class='text'>what it means</th></tr>" + rows + "</table>"
             f"<p class='sub'>95% intervals: {_e(metrics.get('ci_method', 'bootstrap'))}. With {metrics['n']} test images, "
             "the true value for similar patients is likely to lie in this range; a narrower range needs more test images.</p>")
 
@@ -83,6 +92,14 @@ def _kappa_ci(metrics: dict) -> str:
 
 
 def _cards(metrics: dict, binary: bool) -> str:
+    op = metrics.get("operating_point")
+    if op:  # the figures a user of the chosen threshold will see
+        fig = op[metrics["split"]]
+        cards = [(fig[k], fig.get("ci", {}).get(k), f"{NAMES[k]} at threshold {op['threshold']:.3f}")
+                 for k in ("sensitivity", "specificity")]
+        cards.append((metrics.get("auc"), metrics.get("ci", {}).get("auc"), NAMES["auc"]))
+        return "".join(f"<div class='card'><div class='v'>{_pct(v)}</div><div class='l'>{label}"
+                       f"{'<br>95%: ' + _ci(ci) if ci else ''}</div></div>" for v, ci, label in cards if v is not None)
     keys = ["sensitivity", "specificity", "auc"] if binary else ["balanced_accuracy", "accuracy", "macro_f1"]
     out = []
     for k in keys:
@@ -120,11 +137,25 @@ def _operating_point(metrics: dict) -> str:
             f"<td>{_pct(fig[k])}{' <span class=ci>(' + _ci(fig.get('ci', {}).get(k)) + ')</span>' if fig.get('ci', {}).get(k) else ''}</td>"
             for k in ("sensitivity", "specificity", "ppv", "npv")) + "</tr>"
         for label, fig in (("validation (threshold chosen here)", op["val"]), (f"{metrics['split']} (independent check)", test)))
+    # a validation figure above the whole test interval: the threshold does not carry over
+    worse = [k for k in ("sensitivity", "specificity") if test.get("ci", {}).get(k) and op["val"][k] is not None
+             and op["val"][k] > test["ci"][k][1]]
+    warn = "" if not worse else (
+        "<div class='warn'><b>The threshold does not carry over to the test images:</b> "
+        + "; ".join(f"{k} {_pct(op['val'][k])} on validation but {_pct(test[k])} (95% {_ci(test['ci'][k])}) on test"
+                    for k in worse)
+        + ". The test images probably come from another population, scanner or time than the training images. "
+          "Check the threshold on local data before relying on it.</div>")
+    prevalence = sum(metrics["confusion_matrix"][1]) / max(metrics["n"], 1)
     return (f"<h3>Operating threshold for {name} ≥ {_pct(target)}</h3>"
             f"<p>Call an image <b>{_e(op['positive_class'])}</b> when its probability is at least "
             f"<b>{op['threshold']:.3f}</b>. The threshold was chosen on the validation images and then applied "
             f"unchanged to the {metrics['split']} images, whose figures are the honest estimate.</p>"
-            "<table><tr><th></th><th>sensitivity</th><th>specificity</th><th>PPV</th><th>NPV</th></tr>" + rows + "</table>")
+            "<table><tr><th></th><th>sensitivity</th><th>specificity</th><th>PPV</th><th>NPV</th></tr>" + rows + "</table>"
+            + warn + f"<p class='sub'>PPV (positive predictive value): of the images called {_e(op['positive_class'])}, the "
+            f"share that truly are; NPV likewise for the others. Both depend on how common the finding is: "
+            f"{_pct(prevalence)} of these test images are {_e(op['positive_class'])}; where it is rarer, PPV is lower "
+            "and NPV higher.</p>")
 
 
 def _wrong_images(run: Run, metrics: dict, n: int, reporter: Reporter) -> tuple[str, int]:
@@ -148,6 +179,8 @@ def _wrong_images(run: Run, metrics: dict, n: int, reporter: Reporter) -> tuple[
     cells = []
     for i in wrong:
         path = pr["paths"][i]
+        root = run.info.get("data", {}).get("root")
+        shown = os.path.relpath(path, root) if root and path.startswith(str(root)) else path
         try:
             image = predictor.load(path)
         except UnreadableImage:
@@ -164,7 +197,7 @@ def _wrong_images(run: Run, metrics: dict, n: int, reporter: Reporter) -> tuple[
         classes = run.classes
         cells.append(f"<figure><img alt='misclassified image' src='data:image/png;base64,{_b64(buf.getvalue())}'>"
                      f"<figcaption>Truth: <b>{_e(classes[y[i]])}</b>. Model said <b>{_e(classes[pred[i]])}</b> "
-                     f"with probability {_pct(probs[i, pred[i]])}.<div class='path'>{_e(path)}</div></figcaption></figure>")
+                     f"with probability {_pct(probs[i, pred[i]])}.<div class='path'>{_e(shown)}</div></figcaption></figure>")
     return "".join(cells), len(wrong)
 
 
@@ -210,10 +243,15 @@ def _data_table(run: Run) -> str:
 
 
 def _warnings(run: Run) -> str:
-    warnings = run.info.get("warnings") or []
+    warnings = list(run.info.get("warnings") or [])
+    data = run.info.get("data", {})
+    if data.get("patients_known") == 0 and "val" in data.get("counts", {}):
+        warnings.append("Patient identifiers were not used when splitting (no --patient-pattern): images of one patient "
+                        "may be in both training and validation, which makes validation figures (and the threshold and "
+                        "calibration chosen on them) look better than they are.")
     if not warnings:
         return "<p>No data warnings were recorded for this run.</p>"
-    return "<p><b>Data warnings from training:</b></p>" + "".join(f"<div class='warn'>{_e(w)}</div>" for w in warnings)
+    return "<p><b>Data warnings:</b></p>" + "".join(f"<div class='warn'>{_e(w)}</div>" for w in warnings)
 
 
 def _how_to_read(binary: bool, pos: str, neg: str, split: str, n: int) -> str:
@@ -259,15 +297,22 @@ def build_report(run: Run | str | Path, split: str = "test", out: str | Path | N
         + (f" after temperature scaling (temperature {cal['temperature']:.2f}, fitted on {cal['n']} validation images; "
            f"{metrics.get('ece_uncalibrated', float('nan')):.3f} before)." if cal else
            " (no calibration was fitted for this run)."))
+    if cal and metrics.get("ece_uncalibrated") is not None and metrics["ece"] > metrics["ece_uncalibrated"]:
+        calibration_text += (
+            "<div class='warn'><b>Calibration did not carry over to the test images:</b> the temperature fitted on "
+            "validation made the test probabilities less reliable, not more. The test images differ from the "
+            "training and validation images; read the probabilities as rankings, not as chances.</div>")
     curves_text = (f"ROC: every possible threshold for calling an image {_e(pos)}, trading sensitivity against false alarms; "
                    "the closer to the top-left corner, the better. Precision-recall: of the images called "
                    f"{_e(pos)}, the share that truly are, at each sensitivity; it is the more telling curve when the "
                    "finding is rare." if binary else
                    "One curve per class (that class against all others). ROC: closer to the top-left is better. "
                    "Precision-recall: the dotted line is the class's share of the images, the level of guessing.")
-    wrong_text = (f"The model was wrong on {n_errors} of {metrics['n']} images. These {n_wrong_shown} are the ones it was "
-                  "most sure about — the errors that would mislead a reader most. Left: the image as the model saw it; "
-                  "right: Grad-CAM, the regions that pushed the model towards its (wrong) answer, red strongest."
+    wrong_text = (f"With the highest-probability rule the model was wrong on {n_errors} of {metrics['n']} images. These "
+                  f"{n_wrong_shown} are the ones it was most sure about — the errors that would mislead a reader most. "
+                  "Left: the image as the model saw it (resized and padded); right: Grad-CAM, the regions that pushed "
+                  "the model towards its wrong answer, from green (some) to red (most). Uncoloured areas had little "
+                  "influence. Colour on text, markers or the image edge means the model uses something other than anatomy."
                   if n_errors else "The model made no error on these images.")
     page = Template(resources.files(__package__).joinpath("templates/report.html").read_text()).substitute(
         title=_e(f"{run.path.name}: {' vs '.join(classes) if len(classes) <= 4 else f'{len(classes)} classes'}"),

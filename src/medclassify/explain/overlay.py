@@ -19,11 +19,12 @@ def colorize(values: np.ndarray, cmap: str = "jet") -> np.ndarray:
     return (colormaps[cmap](np.clip(values, 0, 1))[..., :3] * 255).astype(np.uint8)
 
 
-def blend(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Heatmap over the image; weak evidence (< 0.2) stays see-through so the anatomy remains visible."""
+def blend(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Heatmap over the image. Below 30% of the maximum it is fully see-through and it fades in up to
+    70%, so only the regions that matter are coloured and the anatomy stays readable elsewhere."""
     rgb = to_rgb(image).astype(np.float32)
     heat = colorize(heatmap).astype(np.float32)
-    a = alpha * np.clip(heatmap / 0.2, 0, 1)[..., None]
+    a = alpha * np.clip((heatmap - 0.3) / 0.4, 0, 1)[..., None]
     return (rgb * (1 - a) + heat * a).astype(np.uint8)
 
 
