@@ -4,7 +4,10 @@ were on, and show each superpixel's coefficient. Seeded, so the same image gives
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+import torch
 
 from .base import Explainer, Explanation, normalise_map
 from .superpixels import slic
@@ -14,10 +17,21 @@ class Lime(Explainer):
     name = "lime"
 
     def __init__(self, model, prep, layer=None, samples: int = 1000, segments: int = 50, kernel_width: float = 0.25,
-                 seed: int = 0, batch_size: int = 64):
+                 seed: int = 0, batch_size: int = 64, bf16: bool | None = None):
+        from ..training.precision import cpu_has_fast_bf16
+
         super().__init__(model, prep, layer)
         self.samples, self.segments, self.kernel_width = samples, segments, kernel_width
         self.seed, self.batch_size = seed, batch_size
+        # 1,000 forward passes dominate LIME's time; bf16 makes them ~1.4x faster on CPUs with native
+        # bf16 (efficientnet_lite0, batch 64), and the ridge fit does not need more precision.
+        device = next(model.parameters(), torch.empty(0)).device
+        self.bf16 = (cpu_has_fast_bf16() and device.type == "cpu") if bf16 is None else bf16
+
+    def _probabilities(self, batch: np.ndarray) -> np.ndarray:
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with context:
+            return self.predict(batch, self.batch_size)
 
     def explain(self, image: np.ndarray, target: int | None = None) -> Explanation:
         from sklearn.linear_model import Ridge
@@ -33,7 +47,7 @@ class Lime(Explainer):
             m = masks[start : start + self.batch_size]
             on = m[:, segments]  # (b, H, W)
             batch = np.where(on[..., None], image[None], fill)
-            chunks.append(self.predict(batch.astype(np.uint8), self.batch_size))
+            chunks.append(self._probabilities(batch.astype(np.uint8)))
         probs = np.concatenate(chunks)
         target = int(probs[0].argmax()) if target is None else int(target)
         # LIME's kernel on the cosine distance between each sample and the full image
