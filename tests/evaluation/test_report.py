@@ -71,3 +71,20 @@ def test_report_renders_in_headless_chromium_without_console_errors(report, tmp_
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape[0] == height or pixels.shape[0] > 2000
     assert pixels.std() > 10  # text and figures, not a blank page
+
+
+def test_threshold_that_does_not_carry_over_is_flagged():
+    from medclassify.evaluation.report import _operating_point
+
+    def op(val_spec, test_spec, ci):
+        test = {"threshold": 0.6, "sensitivity": 0.97, "specificity": test_spec, "ppv": 0.7, "npv": 0.9,
+                "ci": {"sensitivity": [0.95, 0.99], "specificity": ci}}
+        return {"split": "test", "n": 100, "confusion_matrix": [[30, 10], [5, 55]],
+                "operating_point": {"target": {"sensitivity": 0.95}, "threshold": 0.6, "positive_class": "PNEUMONIA",
+                                    "val": {"sensitivity": 0.95, "specificity": val_spec, "ppv": 0.9, "npv": 0.9},
+                                    "test": test}}
+
+    shifted = _operating_point(op(0.90, 0.39, [0.33, 0.45]))
+    assert "does not carry over" in shifted and "specificity 90.0% on validation but 39.0%" in shifted
+    assert "60.0% of these test images are PNEUMONIA" in shifted
+    assert "does not carry over" not in _operating_point(op(0.42, 0.39, [0.33, 0.45]))
