@@ -57,6 +57,9 @@ def train(
     device: str = typer.Option(None, help="auto, cpu or cuda."),
     seed: int = typer.Option(None),
     threads: int = typer.Option(None, help="CPU threads for PyTorch."),
+    dedupe: bool = typer.Option(None, "--dedupe", help="Keep only the held-out copy of duplicates that cross splits (test, then val) and drop duplicate groups with conflicting labels (counted)."),
+    strict: bool = typer.Option(None, "--strict", help="Refuse to train when splits leak or duplicate labels conflict."),
+    folds: int = typer.Option(None, "--folds", help="Group k-fold cross-validation: K runs under OUT/fold_k and OUT/cv_summary.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -69,6 +72,7 @@ def train(
         label_smoothing=label_smoothing, pretrained=pretrained, weights=str(weights) if weights else None,
         patient_pattern=patient_pattern, val_fraction=val_fraction, test_fraction=test_fraction,
         early_stopping=early_stopping, monitor=monitor, precision=precision, device=device, seed=seed, threads=threads,
+        dedupe=dedupe, strict=strict,
     ).items() if v is not None}
     if channels is not None:
         given["channels"] = channels if channels == "auto" else int(channels) if channels.isdigit() else channels
@@ -80,6 +84,12 @@ def train(
     from .evaluation.tables import metrics_table
     from .training.fit import train as run_training
 
+    if folds is not None:
+        from .training.crossval import cross_validate, summary_lines
+
+        summary = cross_validate(config, folds, reporter=_reporter(quiet), overwrite=overwrite)
+        typer.echo("\n".join(summary_lines(summary)))
+        return
     result = run_training(config, reporter=_reporter(quiet), overwrite=overwrite)
     _print(*metrics_table(result.val_metrics, f"validation (best epoch {result.best_epoch})"))
     typer.echo(f"Run written to {result.run_dir}")
@@ -146,7 +156,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     register_all()
     try:
-        app(args=argv, standalone_mode=False)
+        status = app(args=argv, standalone_mode=False)  # typer.Exit(n) comes back as n here
     except MedClassifyError as e:
         typer.echo(f"error: {e}", err=True)
         return 2
@@ -165,8 +175,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             typer.echo("aborted", err=True)
             return 1
         raise
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m medclassify.cli`: go through the package module so that the command modules
+    # register on the same app object.
+    from medclassify.cli import main as package_main
+
+    sys.exit(package_main())

@@ -32,7 +32,7 @@ class TrainConfig(BaseModel):
     time_budget: float | None = DEFAULT_TIME_BUDGET  # seconds of training; sizes the epochs
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
+    lr: float | None = Field(None, gt=0)  # None: 4e-4 when fine-tuning pretrained weights, 1e-3 from scratch
     weight_decay: float = Field(0.01, ge=0)
     scheduler: Literal["cosine", "step", "constant"] = "cosine"
     warmup_epochs: float = Field(0.5, ge=0)
@@ -45,6 +45,8 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)
     patient_pattern: str | None = None
+    dedupe: bool = False  # keep only the held-out copy of cross-split duplicates; drop conflicting-label groups
+    strict: bool = False  # refuse to train on leakage or conflicting labels
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int | None = None  # decode processes for the cache; default: all cores

@@ -68,6 +68,8 @@ class Run:
         return json.loads(p.read_text()) if p.is_file() else None
 
     def save_metrics(self, split: str, metrics: dict) -> Path:
+        if split != "external":  # the run's own splits carry the audit's leakage/conflict warnings
+            metrics.setdefault("data_warnings", self.info.get("audit", {}).get("warnings", []))
         (self.path / "metrics").mkdir(exist_ok=True)
         p = self.path / "metrics" / f"{split}.json"
         _atomic_write(p, json.dumps(metrics, indent=2))

@@ -87,3 +87,12 @@ def test_hub_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(ConfigError, match="Could not download pretrained weights"):
         create_model("efficientnet_lite0", 2, 3, pretrained="hub")
+
+
+def test_new_heads_start_with_small_logits():
+    torch.manual_seed(0)
+    for name, pretrained in (("efficientnet_lite0", "imagenet"), ("resnet10t", "none")):
+        model = create_model(name, 2, 1, pretrained=pretrained).eval()
+        with torch.no_grad():
+            logits = model(torch.randn(8, 1, 96, 96))
+        assert logits.abs().max() < 1.0, (name, logits.abs().max())

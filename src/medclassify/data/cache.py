@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -25,15 +25,40 @@ def cache_root() -> Path:
     return Path(os.environ.get("MEDCLASSIFY_CACHE", Path.home() / ".cache" / "medclassify"))
 
 
-def cache_key(paths: Sequence[str], size: int, resize_mode: str, channels: int) -> str:
-    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{resize_mode}|{channels}".encode())
+def files_key(paths: Sequence[str], salt: str) -> str:
+    """Key of a file list: every path with its size and mtime, so any changed file changes the key."""
+    from .images import storage_path
+
+    h = hashlib.sha1(salt.encode())
     for p in paths:
         try:
-            st = os.stat(p)
+            st = os.stat(storage_path(p))
             h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"{p}|missing\n".encode())
     return h.hexdigest()[:20]
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    """Write under a temporary name, then rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def cache_key(paths: Sequence[str], size: int, resize_mode: str, channels: int) -> str:
+    return files_key(paths, f"v{CACHE_VERSION}|{size}|{resize_mode}|{channels}")
+
+
+def map_files(fn: Callable, jobs: Sequence, workers: int | None = None) -> Iterator:
+    """fn(job) for every job, in forked worker processes when there are enough jobs; any order."""
+    workers = workers or min(os.cpu_count() or 1, 8)
+    if workers > 1 and len(jobs) > 64:
+        with get_context("fork").Pool(workers) as pool:
+            yield from pool.imap_unordered(fn, jobs, chunksize=16)
+    else:
+        yield from map(fn, jobs)
 
 
 @dataclass
@@ -90,16 +115,10 @@ def build_cache(
         arr = np.lib.format.open_memmap(partial / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), size, size, channels))
         errors: dict[str, str] = {}
         row_of = {p: i for i, p in enumerate(paths)}
-        workers = workers or min(os.cpu_count() or 1, 8)
         jobs = [(p, size, resize_mode, channels) for p in paths]
         done = 0
-        if workers > 1 and len(paths) > 64:
-            with get_context("fork").Pool(workers) as pool:
-                for path, img, err in pool.imap_unordered(_decode_one, jobs, chunksize=16):
-                    done = _store(arr, row_of, errors, path, img, err, done, len(paths), progress)
-        else:
-            for job in jobs:
-                done = _store(arr, row_of, errors, *_decode_one(job), done, len(paths), progress)
+        for path, img, err in map_files(_decode_one, jobs, workers):
+            done = _store(arr, row_of, errors, path, img, err, done, len(paths), progress)
         arr.flush()
         del arr
         (partial / "index.json").write_text(json.dumps({"version": CACHE_VERSION, "paths": paths, "errors": errors,

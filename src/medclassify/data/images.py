@@ -17,6 +17,8 @@ RESIZE_MODES = ("pad", "squash")
 # Largest image we agree to decode; beyond it Pillow's own bomb check would fire anyway.
 MAX_PIXELS = 120_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Images inside a MedMNIST .npz are addressed as "<file.npz>::<split>::<row>".
+NPZ_SEPARATOR = "::"
 # Channels whose values differ by at most this are treated as one grey channel (JPEG chroma noise).
 GRAY_TOLERANCE = 3
 
@@ -92,8 +94,18 @@ def _open_pil(path: Path, draft_size: int | None) -> Image.Image:
     return img
 
 
+def storage_path(path: Path | str) -> str:
+    """The file on disk holding an image: the path itself, or the .npz of a virtual MedMNIST path."""
+    path = str(path)
+    return path.split(NPZ_SEPARATOR, 1)[0] if NPZ_SEPARATOR in path else path
+
+
 def decode(path: Path | str, draft_size: int | None = None) -> np.ndarray:
     """Decode a file to uint8, HxW or HxWx3. Raises UnreadableImage with the reason."""
+    if NPZ_SEPARATOR in str(path):
+        from .medmnist import read_npz_image
+
+        return read_npz_image(str(path))
     path = Path(path)
     if not path.is_file():
         raise UnreadableImage(path, "file does not exist")
@@ -135,19 +147,28 @@ def _looks_like_dicom(path: Path) -> bool:
         return False
 
 
-def probe(path: Path | str, max_side: int = 256) -> ImageInfo:
-    """Size, stored mode and whether the content is grey, from a cheap reduced decode."""
+def stored_mode(path: Path | str) -> str:
+    """The mode the file stores (L, RGB, I;16, P, ...; DICOM; NPZ), from its header only; '?' if unknown."""
+    if NPZ_SEPARATOR in str(path):
+        return "NPZ"
     path = Path(path)
     if path.suffix.lower() in (".dcm", ".dicom") or _looks_like_dicom(path):
-        arr = decode(path)
-        return ImageInfo(arr.shape[1], arr.shape[0], "DICOM", is_gray_content(arr))
+        return "DICOM"
     try:
         with Image.open(path) as img:
-            w, h, mode = img.width, img.height, img.mode
+            return img.mode
     except Exception:
-        arr = decode(path)  # raises UnreadableImage with the reason
-        return ImageInfo(arr.shape[1], arr.shape[0], "?", is_gray_content(arr))
-    arr = decode(path, draft_size=max_side)
+        return "?"
+
+
+def probe(path: Path | str, max_side: int = 256) -> ImageInfo:
+    """Size, stored mode and whether the content is grey, from a cheap reduced decode."""
+    mode = stored_mode(path)
+    arr = decode(path, draft_size=None if mode in ("DICOM", "NPZ", "?") else max_side)
+    if mode in ("DICOM", "NPZ", "?"):
+        return ImageInfo(arr.shape[1], arr.shape[0], mode, is_gray_content(arr))
+    with Image.open(path) as img:
+        w, h = img.width, img.height
     return ImageInfo(w, h, mode, is_gray_content(arr))
 
 

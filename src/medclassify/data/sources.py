@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import DataError
-from .images import IMAGE_EXTENSIONS, is_image_file
+from .images import IMAGE_EXTENSIONS, is_image_file, storage_path
 
 SPLITS = ("train", "val", "test")
 # Folder names users download, mapped to our three split names (matched case-insensitively).
@@ -36,6 +36,7 @@ class DatasetIndex:
     classes: list[str]
     layout: str  # "split-folders", "class-folders", "csv"
     ignored_files: list[str] = field(default_factory=list)  # non-image files seen in class folders
+    unlabelled: list[str] = field(default_factory=list)  # images the layout gives no label (left out)
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -44,7 +45,7 @@ class DatasetIndex:
         return {s: dict(sorted(c.items())) for s, c in out.items()}
 
     def with_records(self, records: list[Record]) -> "DatasetIndex":
-        return DatasetIndex(self.root, records, self.classes, self.layout, self.ignored_files)
+        return DatasetIndex(self.root, records, self.classes, self.layout, self.ignored_files, self.unlabelled)
 
 
 def _split_of(name: str) -> str | None:
@@ -86,6 +87,11 @@ def scan_folder(root: Path | str) -> DatasetIndex:
 
             return scan_npz(root)
         raise DataError(f"{root} is a file, not a dataset folder.", "pass a folder with one sub-folder per class, or a labels CSV.")
+    from .cnmc import find_cnmc_root, scan_cnmc
+
+    cnmc = find_cnmc_root(root)
+    if cnmc is not None:
+        return scan_cnmc(cnmc)
     subdirs = _class_folders(root)
     split_dirs = {d: _split_of(d.name) for d in subdirs}
     if subdirs and any(split_dirs.values()):
@@ -107,16 +113,8 @@ def scan_folder(root: Path | str) -> DatasetIndex:
             records += recs
             ignored += ign
         layout = "split-folders"
-        train_classes = {r.label for r in records if r.split == "train"}
         if "train" not in seen:
             raise DataError(f"{root} has split folders but no train folder.", "add a train (or Training) folder with one sub-folder per class.")
-        for split in ("val", "test"):
-            extra = {r.label for r in records if r.split == split} - train_classes
-            if extra:
-                raise DataError(
-                    f"The {split} split of {root} has classes the train split lacks: {', '.join(sorted(extra))}.",
-                    "add those classes to train or remove them from the other split.",
-                )
     else:
         records, ignored, empty = _scan_classes(root, None)
         if empty:
@@ -139,6 +137,25 @@ def check_usable(index: DatasetIndex) -> None:
             f"{index.root} has only one class ({index.classes[0]}); a classifier needs at least two.",
             "add a folder for each other class.",
         )
+    if any(r.split == "train" for r in index.records):
+        train_classes = {r.label for r in index.records if r.split == "train"}
+        for split in ("val", "test"):
+            extra = {r.label for r in index.records if r.split == split} - train_classes
+            if extra:
+                raise DataError(
+                    f"The {split} split of {index.root} has classes the train split lacks: {', '.join(sorted(extra))}.",
+                    "add training images of those classes, fix the labels, or remove them from the other split.",
+                )
+
+
+def missing_classes(index: DatasetIndex) -> dict[str, list[str]]:
+    """{split: classes of the dataset that split has no image of} (e.g. a test folder without a class)."""
+    out = {}
+    for split in sorted({r.split for r in index.records if r.split}):
+        lack = set(index.classes) - {r.label for r in index.records if r.split == split}
+        if lack:
+            out[split] = sorted(lack)
+    return out
 
 
 def read_labels_csv(csv_path: Path | str, image_root: Path | str | None = None) -> DatasetIndex:
@@ -170,7 +187,7 @@ def read_labels_csv(csv_path: Path | str, image_root: Path | str | None = None) 
             dupes.append(row["path"])
             continue
         seen.add(key)
-        if not p.is_file():
+        if not Path(storage_path(key)).is_file():
             missing.append(row["path"])
             continue
         split = None
@@ -194,10 +211,10 @@ def read_labels_csv(csv_path: Path | str, image_root: Path | str | None = None) 
         )
     layout = "csv"
     index = DatasetIndex(str(csv_path.resolve()), records, sorted({r.label for r in records}), layout)
-    check_usable(index)
     splits = {r.split for r in records}
     if None in splits and len(splits) > 1:
         raise DataError(f"{csv_path} gives a split for some rows but not others.", "fill the split column on every row or leave it empty on all.")
+    check_usable(index)
     return index
 
 

@@ -69,3 +69,29 @@ def generate_dataset(
             safe = cls.replace(" ", "-").replace("(", "").replace(")", "")
             Image.fromarray(arr).save(folder / f"person{patient_id}_{safe}_{i}.{ext}")
     return root
+
+
+def texture_image(seed: int, size: int = 96) -> np.ndarray:
+    """A distinct smooth grey image (low-pass filtered noise); different seeds never look alike."""
+    rng = np.random.default_rng(seed)
+    small = rng.uniform(0, 255, (6, 6)).astype(np.uint8)
+    return np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC))
+
+
+def augmented_copy(arr: np.ndarray, angle: float = 8.0, scale: float = 1.15, brightness: float = 0.85,
+                   flip: bool = True, quality: int = 70) -> np.ndarray:
+    """The copies that inflate scores when they cross a split: resized, rotated (black corners),
+    brightened, mirrored and re-encoded as JPEG."""
+    import io
+
+    from PIL import ImageEnhance
+
+    img = Image.fromarray(arr)
+    img = img.resize((max(8, round(img.width * scale)), max(8, round(img.height * scale))), Image.BILINEAR)
+    img = img.rotate(angle, resample=Image.BILINEAR)
+    img = ImageEnhance.Brightness(img).enhance(brightness)
+    if flip:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())))

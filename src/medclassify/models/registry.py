@@ -104,6 +104,16 @@ def hub_model(timm_name: str, num_classes: int, in_chans: int, drop_rate: float 
         ) from None
 
 
+def init_classifier(model: nn.Module) -> None:
+    """Small initial logits for the new head. timm's Google-style init draws a Linear head from
+    U(+-1/sqrt(out_features)): with 2 classes that is +-0.7 per weight over 1280 features, logits near
+    +-15 and a first loss near 7, which wrecks pretrained features before training settles."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear):
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -118,6 +128,7 @@ def create_model(
         raise ConfigError(f"Unknown pretrained source {pretrained!r}.", "use none, imagenet or hub.")
     spec = get_spec(name)
     model = spec.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, drop_rate=drop_rate)
+    init_classifier(model)
     if weights:
         from .weights import load_local_weights
 

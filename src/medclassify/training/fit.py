@@ -56,6 +56,15 @@ def resolve_pretrained(config: TrainConfig) -> str:
     return "imagenet" if get_spec(config.model).offline_pretrained else "none"
 
 
+def resolve_lr(config: TrainConfig) -> float:
+    if config.lr is not None:
+        return config.lr
+    # Pretrained features are destroyed by the step sizes that suit random weights; SGD needs
+    # about 10x the step size of AdamW.
+    lr = 4e-4 if resolve_pretrained(config) != "none" or config.weights else 1e-3
+    return lr * 10 if config.optimizer == "sgd" else lr
+
+
 def check_input_size(model: nn.Module, size: int, channels: int, model_name: str) -> None:
     model.eval()
     try:
@@ -73,9 +82,10 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    lr = resolve_lr(config)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 @dataclass
@@ -198,7 +208,9 @@ class Trainer:
                 if stopper.step(improved):
                     rep.info(f"Early stopping: no improvement of val {c.monitor} for {c.early_stopping} epochs.")
                     break
-                if c.time_budget and epoch < epochs:
+                if epoch >= epochs:  # the time budget may lower the epoch count during epoch 1
+                    break
+                if c.time_budget:
                     elapsed = time.perf_counter() - t_start
                     per_epoch = elapsed / epoch
                     if elapsed + per_epoch > c.time_budget * 1.05:
@@ -237,7 +249,7 @@ def train(config: TrainConfig | None = None, reporter: Reporter | None = None, o
         data = prepare(config.data, image_size=config.image_size, resize=config.resize, channels=config.channels,
                        normalize=config.normalize, mean=spec.mean, std=spec.std, patient_pattern=config.patient_pattern,
                        val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
-                       reporter=reporter, workers=config.workers)
+                       reporter=reporter, workers=config.workers, dedupe=config.dedupe, strict=config.strict)
         prep_s = time.perf_counter() - t0
         trainer = Trainer(config, data, reporter)
         check_input_size(trainer.build_model().cpu(), config.image_size, data.preprocessing.channels, config.model)
@@ -252,9 +264,11 @@ def train(config: TrainConfig | None = None, reporter: Reporter | None = None, o
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "config": config.model_dump(),
             "pretrained": resolve_pretrained(config),
+            "lr": resolve_lr(config),
             "classes": data.classes,
             "preprocessing": data.preprocessing.model_dump(),
             "data": data.summary(),
+            "audit": data.audit,
             "environment": {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()},
         }
         write_json(writer.path / "run.json", info)

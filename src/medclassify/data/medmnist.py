@@ -1,0 +1,74 @@
+"""MedMNIST .npz files as published (train_images, train_labels, val_*, test_*; any image size).
+
+Every image gets a virtual path "<file.npz>::<split>::<row>" that `images.decode` understands, so the
+cache, the audit, splits and run files work on .npz datasets as on folders, without unpacking."""
+
+from __future__ import annotations
+
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .images import NPZ_SEPARATOR, UnreadableImage
+from .sources import SPLITS, DatasetIndex, Record, check_usable
+
+
+def virtual_path(npz: Path | str, split: str, row: int) -> str:
+    return f"{npz}{NPZ_SEPARATOR}{split}{NPZ_SEPARATOR}{row}"
+
+
+@lru_cache(maxsize=4)
+def _images(npz: str, split: str, mtime_ns: int) -> np.ndarray:
+    with np.load(npz, allow_pickle=False) as f:
+        return f[f"{split}_images"]
+
+
+def read_npz_image(path: str) -> np.ndarray:
+    try:
+        npz, split, row = path.split(NPZ_SEPARATOR)
+        images = _images(npz, split, Path(npz).stat().st_mtime_ns)
+        arr = images[int(row)]
+    except (ValueError, KeyError, IndexError, OSError, zipfile.BadZipFile) as e:
+        raise UnreadableImage(path, f"cannot read this image of a MedMNIST .npz ({type(e).__name__}: {e})") from None
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype != np.uint8:
+        from .images import _to_uint8
+
+        arr = _to_uint8(arr)
+    return np.ascontiguousarray(arr)
+
+
+def scan_npz(path: Path | str) -> DatasetIndex:
+    path = Path(path).resolve()
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = set(f.files)
+            labels = {s: f[f"{s}_labels"] for s in SPLITS if f"{s}_labels" in keys}
+            shapes = {s: f[f"{s}_images"].shape for s in SPLITS if f"{s}_images" in keys}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"Cannot read {path} as a .npz file ({e}).", "pass a MedMNIST .npz as downloaded.") from None
+    if "train" not in shapes or set(shapes) != set(labels):
+        raise DataError(f"{path} is not a MedMNIST .npz (arrays: {', '.join(sorted(keys)) or 'none'}).",
+                        "it needs train_images and train_labels (and optionally val_*/test_*).")
+    records: list[Record] = []
+    for split, shape in shapes.items():
+        y = np.asarray(labels[split])
+        if y.ndim == 2 and y.shape[1] > 1:
+            raise DataError(f"{path} has multi-label targets ({y.shape[1]} labels per image, e.g. ChestMNIST).",
+                            "medclassify trains single-label classifiers; pick a multi-class MedMNIST dataset.")
+        y = y.reshape(-1)
+        if len(y) != shape[0]:
+            raise DataError(f"{path}: {split}_images holds {shape[0]} images but {split}_labels {len(y)} labels.",
+                            "re-download the file.")
+        if len(shape) == 4 and shape[-1] not in (1, 3) or len(shape) > 4:
+            raise DataError(f"{path} holds 3D volumes ({split}_images shape {shape}).", "use the 2D MedMNIST datasets.")
+        records += [Record(virtual_path(path, split, i), str(int(v)), split) for i, v in enumerate(y)]
+    width = len(str(max(int(r.label) for r in records))) if records else 1
+    records = [Record(r.path, r.label.zfill(width), r.split) for r in records]  # "02" sorts before "10"
+    index = DatasetIndex(str(path), records, sorted({r.label for r in records}), "npz")
+    check_usable(index)
+    return index
