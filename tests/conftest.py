@@ -45,13 +45,22 @@ def shared_dataset(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(small_dataset, tmp_path_factory):
-    """A seed_cnn run (lesion/normal, 32 px) trained for a few seconds, shared by the inference and
-    serving tests; tests that change a run copy it first."""
+    """A trained seed_cnn run (32 px, 3 epochs, a few seconds) on small_dataset, with a test split.
+    Tests that modify a run copy it first (see run_copy)."""
     from medclassify.config import TrainConfig
     from medclassify.reporting import Reporter
     from medclassify.training.fit import train
 
-    config = TrainConfig(data=str(small_dataset), out=str(tmp_path_factory.mktemp("tiny") / "run"), model="seed_cnn",
-                         image_size=32, epochs=3, time_budget=None, batch_size=16, augment="light", early_stopping=0,
-                         normalize="per-image", lr=3e-3)
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    config = TrainConfig(data=str(small_dataset), out=str(out), model="seed_cnn", image_size=32, epochs=3,
+                         time_budget=None, batch_size=16, augment="light", early_stopping=0, normalize="fixed", lr=3e-3)
     return train(config, reporter=Reporter(quiet=True)).run_dir
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    import shutil
+
+    dest = tmp_path / "run"
+    shutil.copytree(tiny_run, dest)
+    return dest

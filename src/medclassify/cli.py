@@ -109,19 +109,6 @@ def _config(cls, **values):
 
 
 @app.command()
-def evaluate(
-    run: Path = typer.Argument(..., help="Run directory."),
-    split: str = typer.Option("test", help="Split of the run to evaluate on."),
-    data: Path = typer.Option(None, help="Evaluate on this labelled folder or CSV instead of a split."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-):
-    """Evaluate a run on its test split (or another split or folder); saves metrics/<split>.json in the run."""
-    from .evaluation.evaluate import evaluate as run_eval
-    from .evaluation.tables import metrics_table
-
-    metrics = run_eval(run, split=split, data=data, reporter=_reporter(quiet))
-    _print(*metrics_table(metrics, f"{metrics['split']} ({metrics['n']} images)"))
-    typer.echo(f"Metrics saved to {Path(run) / 'metrics' / (metrics['split'] + '.json')}")
 
 
 @app.command()

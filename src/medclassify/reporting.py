@@ -9,6 +9,9 @@ import sys
 from typing import Iterator
 
 log = logging.getLogger("medclassify")
+# Messages reach the user through the Reporter's console; the logger is for applications that
+# attach their own handlers. Without this, Python's last-resort handler printed every warning twice.
+log.addHandler(logging.NullHandler())
 
 
 class Task:

@@ -10,7 +10,10 @@ import numpy as np
 from PIL import Image
 
 
-def synthetic_image(rng: np.random.Generator, size: int, n_blobs: int, blob_radius: float = 0.12) -> np.ndarray:
+def synthetic_image(rng: np.random.Generator, size: int, n_blobs: int, blob_radius: float = 0.12,
+                    centres: list | None = None) -> np.ndarray:
+    """One grey image; when a list is passed as `centres`, each blob's (row, column) centre in pixels
+    is appended to it (ground truth for explanation checks)."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     angle = rng.uniform(0, 2 * np.pi)
     img = 0.35 + 0.15 * (np.cos(angle) * (xx - 0.5) + np.sin(angle) * (yy - 0.5))
@@ -18,6 +21,8 @@ def synthetic_image(rng: np.random.Generator, size: int, n_blobs: int, blob_radi
     for _ in range(n_blobs):
         cx, cy = rng.uniform(0.2, 0.8, 2)
         r = blob_radius * rng.uniform(0.8, 1.2)
+        if centres is not None:
+            centres.append((cy * size, cx * size))
         img = img + 0.45 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (r / 2) ** 2))
     img = img + rng.normal(0, 0.04, img.shape)
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)

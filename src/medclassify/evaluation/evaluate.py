@@ -10,11 +10,15 @@ import torch
 from ..data.cache import ImageCache
 from ..data.prepare import load_cache
 from ..data.sources import Record, scan_folder
-from ..errors import DataError, RunError
+from ..errors import ConfigError, DataError, RunError
 from ..inference.cached import predict_rows
 from ..reporting import Reporter
-from ..run import Run, load_run
+from ..run import Run, load_run, write_json
+from .bootstrap import attach_cis, bootstrap_ci
+from .calibration import (expected_calibration_error, fit_temperature, reliability, run_temperature, save_temperature,
+                          softmax)
 from .metrics import compute_metrics
+from .threshold import check_target, choose_threshold, operating_point
 
 
 def evaluate_records(run: Run, records: list[Record], cache: ImageCache | None = None, reporter: Reporter | None = None,
@@ -33,20 +37,134 @@ def evaluate_records(run: Run, records: list[Record], cache: ImageCache | None =
     if len(readable) < len(records):
         reporter.warn(f"{len(records) - len(readable)} unreadable image(s) left out of the evaluation.")
     model = model or run.build_model()
-    probs, _ = predict_rows(model, cache.images, cache.rows([r.path for r in readable]), prep)
+    _, logits = predict_rows(model, cache.images, cache.rows([r.path for r in readable]), prep)
+    # Probabilities as predict gives them: with the run's calibration temperature (1 until fitted).
+    temperature = run_temperature(run)
+    probs = softmax(logits, temperature)
     y = np.array([index[r.label] for r in readable])
     metrics = compute_metrics(y, probs, run.classes)
     metrics["unreadable"] = len(records) - len(readable)
+    metrics["temperature"] = temperature
     metrics["predictions"] = {"paths": [r.path for r in readable], "labels": y.tolist(),
-                              "probabilities": np.round(probs, 6).tolist()}
+                              "probabilities": np.round(probs, 6).tolist(), "logits": np.round(logits, 5).tolist()}
+    return metrics
+
+
+MIN_CALIBRATION_IMAGES = 50
+
+
+def validation_logits(run: Run, reporter: Reporter | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(logits, labels) of the run's validation split: from metrics/val.json when it holds logits for
+    exactly the split's images, else computed once and saved. None when the run has no validation split."""
+    records = run.records("val")
+    if not records:
+        return None
+    saved = run.metrics("val")
+    usable = saved is not None and "logits" in saved.get("predictions", {})
+    if usable:
+        paths = saved["predictions"]["paths"]
+        usable = set(paths) <= {r.path for r in records} and len(paths) + saved.get("unreadable", 0) == len(records)
+    if not usable:
+        saved = evaluate_records(run, records, reporter=reporter)
+        saved["split"] = "val"
+        run.save_metrics("val", saved)
+    pr = saved["predictions"]
+    return np.asarray(pr["logits"], dtype=np.float64), np.asarray(pr["labels"], dtype=np.int64)
+
+
+def calibrate(run: Run, reporter: Reporter | None = None) -> dict | None:
+    """Fit temperature scaling on the validation logits and store it in run.json."""
+    val = validation_logits(run, reporter)
+    reason = None
+    if val is None:
+        reason = "it has no validation split"
+    elif len(val[1]) < MIN_CALIBRATION_IMAGES:
+        reason = f"its validation split has only {len(val[1])} images (calibration needs {MIN_CALIBRATION_IMAGES})"
+    elif (val[0].argmax(1) == val[1]).all():
+        reason = "the model makes no mistake on validation, so the temperature cannot be estimated (it would go to 0)"
+    if reason:
+        (reporter or Reporter(quiet=True)).warn(f"Probabilities of run {run.path} are left uncalibrated: {reason}.")
+        run.info.pop("calibration", None)
+        write_json(run.path / "run.json", run.info)
+        return None
+    logits, y = val
+    t = fit_temperature(logits, y)
+    save_temperature(run, t, "val", len(y), expected_calibration_error(y, softmax(logits)),
+                     expected_calibration_error(y, softmax(logits, t)))
+    return run.info["calibration"]
+
+
+def class_order(run: Run, order: str | list[str] | None) -> list[int]:
+    """Class indices from lowest to highest grade, for ordinal statistics."""
+    if order is None:
+        return list(range(len(run.classes)))
+    names = [n.strip() for n in order.split(",")] if isinstance(order, str) else list(order)
+    if sorted(names) != sorted(run.classes):
+        raise ConfigError(f"--order {','.join(names)} must list each class of the run exactly once ({', '.join(run.classes)}).",
+                          "pass all class names, comma-separated, from lowest to highest grade.")
+    return [run.classes.index(n) for n in names]
+
+
+def add_statistics(metrics: dict, n_boot: int = 1000, seed: int = 0, order: list[int] | None = None) -> dict:
+    """CIs, quadratic-weighted kappa (when `order` is given) and calibration of a metrics dict."""
+    pr = metrics["predictions"]
+    y, probs = np.asarray(pr["labels"]), np.asarray(pr["probabilities"])
+    attach_cis(metrics, n_boot=n_boot, seed=seed, order=order)
+    if order is not None:
+        from sklearn.metrics import cohen_kappa_score
+
+        rank = np.argsort(order)
+        metrics["qwk"] = float(cohen_kappa_score(rank[y], rank[probs.argmax(1)], weights="quadratic"))
+        metrics["ordinal_order"] = [metrics["classes"][i] for i in order]
+    metrics["reliability"] = reliability(y, probs)
+    metrics["ece"] = metrics["reliability"]["ece"]
+    if "logits" in pr:
+        metrics["ece_uncalibrated"] = expected_calibration_error(y, softmax(np.asarray(pr["logits"])))
+    return metrics
+
+
+def add_operating_point(run: Run, metrics: dict, target_sensitivity: float | None, target_specificity: float | None,
+                        n_boot: int = 1000, seed: int = 0) -> dict:
+    """Choose a threshold on validation for the target and report what it gives on `metrics`' images."""
+    if len(run.classes) != 2:
+        raise ConfigError("--target-sensitivity/--target-specificity need a binary task "
+                          f"(run {run.path} has {len(run.classes)} classes).", "drop the option for multiclass runs.")
+    val = validation_logits(run)
+    if val is None:
+        raise RunError(f"Run {run.path} has no validation split to choose a threshold on.",
+                       "train with a validation split (the default), or drop --target-*.")
+    val_p = softmax(val[0], run_temperature(run))[:, 1]
+    t = choose_threshold(val[1], val_p, target_sensitivity, target_specificity)
+    pr = metrics["predictions"]
+    y, p = np.asarray(pr["labels"]), np.asarray(pr["probabilities"])[:, 1]
+    test = operating_point(y, p, t)
+    ci = bootstrap_ci(y, np.asarray(pr["probabilities"]), n_boot=n_boot, seed=seed, pred=(p >= t).astype(int))
+    test["ci"] = {m: list(ci[m]) for m in ("sensitivity", "specificity") if m in ci}
+    target = ("sensitivity", target_sensitivity) if target_sensitivity is not None else ("specificity", target_specificity)
+    metrics["operating_point"] = {"target": {target[0]: target[1]}, "chosen_on": "val", "threshold": t,
+                                  "positive_class": run.classes[1], "val": operating_point(val[1], val_p, t),
+                                  metrics["split"]: test}
+    run.info["operating_point"] = {"threshold": t, "target": {target[0]: target[1]}, "positive_class": run.classes[1]}
+    write_json(run.path / "run.json", run.info)
     return metrics
 
 
 def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None = None,
-             reporter: Reporter | None = None, save: bool = True) -> dict:
-    """Metrics of a run on its `split` (default: test), or on the labelled folder/CSV `data`.
+             reporter: Reporter | None = None, save: bool = True, target_sensitivity: float | None = None,
+             target_specificity: float | None = None, ordinal: bool = False, order: str | list[str] | None = None,
+             n_boot: int = 1000, seed: int = 0, calibrate_first: bool = True) -> dict:
+    """Metrics of a run on its `split` (default: test), or on the labelled folder/CSV `data`, with 95%
+    bootstrap CIs, calibration (temperature fitted on validation and stored in the run), and optionally
+    an operating threshold chosen on validation and the quadratic-weighted kappa for ordinal classes.
     Saved as metrics/<split>.json (metrics/external.json for --data) unless save=False."""
     run = run if isinstance(run, Run) else load_run(run)
+    order_idx = class_order(run, order) if ordinal or order is not None else None
+    wants_threshold = target_sensitivity is not None or target_specificity is not None
+    if wants_threshold:
+        check_target(target_sensitivity, target_specificity)
+        if len(run.classes) != 2:
+            raise ConfigError("--target-sensitivity/--target-specificity need a binary task "
+                              f"(run {run.path} has {len(run.classes)} classes).", "drop the option for multiclass runs.")
     if data is not None:
         records = scan_folder(data).records
         name = "external"
@@ -57,9 +175,14 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
             have = sorted({r.split for r in run.records() if r.split})
             raise RunError(f"Run {run.path} has no {split!r} split (it has: {', '.join(have)}).",
                            "pass --split with one of those, or --data FOLDER with labelled images.")
+    if calibrate_first:
+        calibrate(run, reporter)
     metrics = evaluate_records(run, records, reporter=reporter)
     metrics["split"] = name
     metrics["source"] = str(data) if data is not None else str(run.path / "split.csv")
+    add_statistics(metrics, n_boot=n_boot, seed=seed, order=order_idx)
+    if wants_threshold:
+        add_operating_point(run, metrics, target_sensitivity, target_specificity, n_boot, seed)
     if save:
         run.save_metrics(name, metrics)
     return metrics

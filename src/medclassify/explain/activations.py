@@ -1,0 +1,64 @@
+"""Intermediate activations, as the VGG16 notebook showed them: for each block of the network, a grid
+of its most active feature maps for this image."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .base import Explainer, Explanation, forward_hooks, normalise_map, probabilities_of
+
+
+def blocks_of(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """seed_cnn: each ReLU of `features` (one per conv block). timm CNNs: the stem and each stage of
+    `blocks`/`stages`/`layer1..4`. Otherwise: every top-level child."""
+    if hasattr(model, "features") and isinstance(model.features, nn.Sequential):
+        return [(f"features.{n}", m) for n, m in model.features.named_children() if isinstance(m, nn.ReLU)]
+    for container in ("blocks", "stages"):
+        seq = getattr(model, container, None)
+        if isinstance(seq, nn.Sequential):
+            stem = [(n, getattr(model, n)) for n in ("bn1", "stem") if isinstance(getattr(model, n, None), nn.Module)]
+            return stem[:1] + [(f"{container}.{n}", m) for n, m in seq.named_children()]
+    layers = [(n, getattr(model, n)) for n in ("layer1", "layer2", "layer3", "layer4") if hasattr(model, n)]
+    return layers or list(model.named_children())
+
+
+def grid(maps: np.ndarray, columns: int) -> np.ndarray:
+    """(n, h, w) in [0, 1] -> one (rows*h + gaps, columns*w + gaps) picture."""
+    n, h, w = maps.shape
+    rows = int(np.ceil(n / columns))
+    out = np.ones((rows * (h + 1) - 1, columns * (w + 1) - 1), np.float32)
+    for i, m in enumerate(maps):
+        r, c = divmod(i, columns)
+        out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = m
+    return out
+
+
+class Activations(Explainer):
+    name = "activations"
+
+    def __init__(self, model, prep, layer=None, maps_per_block: int = 16):
+        super().__init__(model, prep, layer)
+        self.maps_per_block = maps_per_block
+
+    @torch.no_grad()
+    def explain(self, image: np.ndarray, target: int | None = None) -> Explanation:
+        blocks = blocks_of(self.model)
+        names = {id(m): n for n, m in blocks}
+        captured: list[tuple[str, np.ndarray]] = []
+
+        def keep(module, _inp, out):
+            if isinstance(out, torch.Tensor) and out.ndim == 4:
+                captured.append((names[id(module)], out[0].float().clone().numpy()))
+
+        with forward_hooks([m for _, m in blocks], keep):
+            probs = probabilities_of(self.model(self.tensor(image)).float())[0].numpy()
+        target = int(probs.argmax()) if target is None else int(target)
+        panels = []
+        for name, fmap in captured:
+            strongest = np.argsort(fmap.mean((1, 2)))[::-1][: self.maps_per_block]
+            maps = np.stack([normalise_map(fmap[i]) for i in strongest])
+            panels.append((f"{name} ({fmap.shape[0]} maps, {fmap.shape[1]}x{fmap.shape[2]})",
+                           grid(maps, columns=min(8, len(maps)))))
+        return Explanation(self.name, image, target, probs, None, panels)

@@ -1,0 +1,65 @@
+"""Explaining files: one image to one PNG, or every image of a folder into an output folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data.images import UnreadableImage
+from ..errors import ConfigError, DataError
+from ..reporting import Reporter
+from ..run import Run, load_run
+from . import get_method
+from .base import Explainer, save_png
+from .overlay import render
+
+
+def target_index(run: Run, target: str | None) -> int | None:
+    if target is None:
+        return None
+    if target not in run.classes:
+        raise ConfigError(f"--target {target!r} is not a class of run {run.path}.", f"use one of: {', '.join(run.classes)}.")
+    return run.classes.index(target)
+
+
+def explain_files(run: Run | str | Path, inputs: str | Path, method: str = "gradcam", out: str | Path | None = None,
+                  target: str | None = None, layer: str | None = None, reporter: Reporter | None = None,
+                  **options) -> list[Path]:
+    """Explain one image (out: a .png file, default <image>_<method>.png) or a folder (out: a folder,
+    one <name>_<method>.png per image). Returns the written files."""
+    from ..inference.predictor import Predictor, collect_inputs
+
+    reporter = reporter or Reporter(quiet=True)
+    cls = get_method(method)
+    run = run if isinstance(run, Run) else load_run(run)
+    inputs = Path(inputs)
+    paths = collect_inputs([inputs])
+    predictor = Predictor(run)
+    explainer: Explainer = cls(predictor.model, predictor.prep, layer, **options)
+    t = target_index(run, target)
+    single = inputs.is_file()
+    if single:
+        dest = [Path(out) if out else inputs.with_name(f"{inputs.stem}_{cls.name}.png")]
+        if dest[0].suffix.lower() != ".png":
+            raise ConfigError(f"--out {dest[0]} must be a .png file for one image.", "pass --out NAME.png.")
+    else:
+        folder = Path(out) if out else inputs / f"explain-{cls.name}"
+        if folder.suffix.lower() == ".png":
+            raise ConfigError(f"--out {folder} is a file name but {inputs} is a folder.", "pass --out FOLDER.")
+        dest = [folder / f"{Path(p).stem}_{cls.name.replace('+', 'p')}.png" for p in paths]
+    written, failed = [], []
+    with reporter.task(f"Explaining ({cls.name})", len(paths)) as bar:
+        for path, target_path in zip(paths, dest):
+            try:
+                image = predictor.load(path)
+            except UnreadableImage as e:
+                if single:
+                    raise DataError(f"{path} cannot be read ({e.reason}).", "pass a readable image file.") from None
+                failed.append(path)
+                bar.advance()
+                continue
+            expl = explainer.explain(image, t)
+            written.append(save_png(target_path, render(expl, run.classes)))
+            bar.advance()
+    if failed:
+        reporter.warn(f"{len(failed)} of {len(paths)} image(s) could not be read and were not explained (first: {failed[0]}).")
+    return written
