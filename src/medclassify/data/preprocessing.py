@@ -25,7 +25,13 @@ class Preprocessing(BaseModel):
 
     def to_tensor(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [0, 1], channels_last memory."""
-        t = torch.as_tensor(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
+        if isinstance(batch, np.ndarray):
+            batch = np.ascontiguousarray(batch)
+            if not batch.flags.writeable:  # Pillow and memmap views; torch warns on read-only memory
+                batch = batch.copy()
+            t = torch.from_numpy(batch)
+        else:
+            t = batch
         return t.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
