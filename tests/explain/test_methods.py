@@ -69,3 +69,25 @@ def test_registry_and_unknown_method():
     assert get_method("GradCAM").name == "gradcam"
     with pytest.raises(ConfigError, match="Unknown explanation method 'shap'"):
         get_method("shap")
+
+
+def test_lime_runs_through_onnx_runtime_when_the_run_is_exported(run_copy):
+    import numpy as np
+
+    from medclassify.explain import Lime
+    from medclassify.inference.export import export_onnx
+    from medclassify.run import load_run
+
+    torch_lime = Lime.for_run(run_copy)
+    assert torch_lime.onnx is None
+    export_onnx(run_copy)
+    onnx_lime = Lime.for_run(run_copy)
+    assert onnx_lime.onnx is not None and onnx_lime.onnx.backend == "onnx"
+    torch_lime.samples = onnx_lime.samples = 200
+    torch_lime.bf16 = False
+    path = load_run(run_copy).records("test")[0].path
+    image = onnx_lime.onnx.load(path)
+    a, b = torch_lime.explain(image), onnx_lime.explain(image)
+    assert a.target == b.target
+    assert np.allclose(a.probabilities, b.probabilities, atol=1e-4)
+    assert np.allclose(a.heatmap, b.heatmap, atol=1e-3)

@@ -60,13 +60,18 @@ class Explainer:
         self.model = model.eval()
         self.prep = prep
         self.layer = layer
+        # A Predictor on ONNX Runtime, when the run has a current export: methods that only need
+        # forward passes (LIME, occlusion) run several times faster through it on CPU.
+        self.onnx = None
 
     @classmethod
     def for_run(cls, run, layer: str | None = None) -> "Explainer":
         from ..inference.predictor import Predictor
 
         predictor = Predictor(run)
-        return cls(predictor.model, predictor.prep, layer)
+        explainer = cls(predictor.model, predictor.prep, layer)
+        explainer.onnx = predictor if predictor.backend == "onnx" else None
+        return explainer
 
     def tensor(self, images: np.ndarray) -> torch.Tensor:
         """(N, H, W, C) or (H, W, C) uint8 -> model input."""
@@ -76,7 +81,11 @@ class Explainer:
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        out = [probabilities_of(self.model(self.tensor(images[i : i + batch_size])).float())
+        """Uncalibrated probabilities of a batch of model-ready images."""
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(self.onnx.logits(x)) if self.onnx is not None else self.model(x).float()
+
+        out = [probabilities_of(forward(self.tensor(images[i : i + batch_size])))
                for i in range(0, len(images), batch_size)]
         return torch.cat(out).numpy()
 

@@ -29,7 +29,8 @@ class Lime(Explainer):
         self.bf16 = (cpu_has_fast_bf16() and device.type == "cpu") if bf16 is None else bf16
 
     def _probabilities(self, batch: np.ndarray) -> np.ndarray:
-        context = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        use_bf16 = self.bf16 and self.onnx is None
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
         with context:
             return self.predict(batch, self.batch_size)
 
