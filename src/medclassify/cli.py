@@ -46,6 +46,8 @@ def train(
     channels: str = typer.Option(None, help="auto, 1 or 3."),
     imbalance: str = typer.Option(None, help="none, weights, sqrt-weights or sampler."),
     label_smoothing: float = typer.Option(None, "--label-smoothing"),
+    ema: bool = typer.Option(None, "--ema/--no-ema", help="Keep an exponential moving average of the weights (about one epoch long) and validate and ship it."),
+    freeze: int = typer.Option(None, "--freeze", help="Hold the first N feature stages (as timm counts them, stem included) of a pretrained backbone fixed: faster steps, less overfitting."),
     pretrained: str = typer.Option(None, help="auto, imagenet (offline, efficientnet_lite*), hub (online) or none."),
     weights: Path = typer.Option(None, help="Local state-dict or safetensors file to start from."),
     patient_pattern: str = typer.Option(None, "--patient-pattern", help="Regex with a named group 'patient' (or preset: kermany, cnmc) to keep each patient in one split."),
@@ -69,7 +71,7 @@ def train(
     given = {k: v for k, v in dict(
         model=model, epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr, optimizer=optimizer,
         scheduler=scheduler, augment=augment, resize=resize, normalize=normalize, imbalance=imbalance,
-        label_smoothing=label_smoothing, pretrained=pretrained, weights=str(weights) if weights else None,
+        label_smoothing=label_smoothing, freeze=freeze, ema=ema, pretrained=pretrained, weights=str(weights) if weights else None,
         patient_pattern=patient_pattern, val_fraction=val_fraction, test_fraction=test_fraction,
         early_stopping=early_stopping, monitor=monitor, precision=precision, device=device, seed=seed, threads=threads,
         dedupe=dedupe, strict=strict,

@@ -39,6 +39,8 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     imbalance: Literal["none", "weights", "sqrt-weights", "sampler"] = "sqrt-weights"
     drop_rate: float = Field(0.2, ge=0, lt=1)
+    ema: bool = False  # validate, keep and ship an exponential moving average of the weights
+    freeze: int = Field(0, ge=0)  # feature stages (after the stem) held fixed; pretrained backbones only
     early_stopping: int = Field(5, ge=0)  # patience in epochs; 0 turns it off
     monitor: Literal["balanced_accuracy", "accuracy", "macro_f1", "auc", "loss"] = "balanced_accuracy"
     seed: int = 0

@@ -129,6 +129,18 @@ def write_json(path: Path, obj: Any) -> None:
     _atomic_write(path, json.dumps(obj, indent=2, default=str))
 
 
+def _pid_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return True  # not ours to remove
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunWriter:
     """Builds a run in a hidden sibling folder and moves it into place only when complete, so a
     failed or interrupted training never leaves a half-written run where the user asked for one."""
@@ -139,6 +151,9 @@ class RunWriter:
             raise RunError(f"Output folder {self.final} already exists and is not empty.", "choose another --out or pass --overwrite.")
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.path = self.final.parent / f".{self.final.name}.partial-{os.getpid()}"
+        for stale in self.final.parent.glob(f".{self.final.name}.partial-*"):
+            if not _pid_alive(stale.name.rsplit("-", 1)[-1]):  # left by a killed process
+                shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(self.path, ignore_errors=True)
         self.path.mkdir(parents=True)
 

@@ -1,8 +1,11 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from medclassify.config import TrainConfig
 from medclassify.errors import ConfigError
@@ -78,12 +81,115 @@ def test_time_budget_sizes_epochs(small_dataset, tmp_path, quiet):
 
 
 def test_epochs_cut_by_the_time_budget_are_not_exceeded(small_dataset, tmp_path, quiet, monkeypatch):
-    """When calibration lowers the epoch count during epoch 1, training stops there (the epoch loop
-    was built from the original maximum and used to run on past the budget)."""
-    from medclassify.training.fit import Trainer
+    """When the budget has no room for another epoch, training stops there (the epoch loop was
+    built from the original maximum and used to run on past the budget)."""
+    from medclassify.training import fit
 
-    monkeypatch.setattr(Trainer, "_fit_budget", lambda self, t, n, s, steps, max_epochs: (1, steps))
-    # batch 4: enough steps in epoch 1 for the calibration to run
+    monkeypatch.setattr(fit, "epochs_within_budget", lambda elapsed, done, budget, max_epochs: done)
     result = train(tiny_config(small_dataset, tmp_path / "run", epochs=5, time_budget=3600.0, batch_size=4), reporter=quiet)
     assert result.epochs_run == 1
     assert len(list(csv.DictReader(open(result.run_dir / "history.csv")))) == 1
+
+
+def test_replanning_fills_but_never_overruns_the_budget():
+    from medclassify.training.fit import epochs_within_budget
+
+    assert epochs_within_budget(100.0, 1, 900.0, 30) == 9
+    assert epochs_within_budget(100.0, 1, 900.0, 4) == 4  # the epoch cap wins
+    assert epochs_within_budget(850.0, 8, 900.0, 30) == 8  # 106 s per epoch, 50 s left: stop
+    assert epochs_within_budget(950.0, 3, 900.0, 30) == 3  # already over: never fewer than done
+
+
+@given(elapsed=st.floats(1.0, 5000.0), done=st.integers(1, 40), budget=st.floats(1.0, 5000.0), cap=st.integers(1, 60))
+def test_replanned_runs_end_within_the_budget(elapsed, done, budget, cap):
+    from medclassify.training.fit import epochs_within_budget
+
+    total = epochs_within_budget(elapsed, done, budget, max(cap, done))
+    assert done <= total <= max(cap, done)
+    if total > done:
+        assert elapsed + (total - done) * elapsed / done <= budget + 1e-6
+
+
+def test_freezing_holds_early_stages_fixed(small_dataset, tmp_path, quiet):
+    """Frozen stages keep their starting weights (and batch-norm statistics) through training;
+    later stages learn."""
+    import timm
+    import torch
+
+    from safetensors.torch import load_file
+
+    start = timm.create_model("resnet10t", num_classes=2, in_chans=1)
+    torch.save(start.state_dict(), tmp_path / "start.pt")
+    result = train(tiny_config(small_dataset, tmp_path / "run", model="resnet10t", weights=str(tmp_path / "start.pt"),
+                               freeze=2, epochs=2), reporter=quiet)
+    trained = load_file(str(result.run_dir / "last.safetensors"))
+    before = start.state_dict()
+    assert torch.equal(trained["conv1.0.weight"], before["conv1.0.weight"])
+    assert torch.equal(trained["layer1.0.conv1.weight"], before["layer1.0.conv1.weight"])
+    assert torch.equal(trained["layer1.0.bn1.running_mean"], before["layer1.0.bn1.running_mean"])
+    assert not torch.equal(trained["layer2.0.conv1.weight"], before["layer2.0.conv1.weight"])
+    assert json.loads((result.run_dir / "run.json").read_text())["config"]["freeze"] == 2
+
+
+def test_freezing_needs_pretrained_weights_and_a_staged_model(small_dataset, tmp_path, quiet):
+    with pytest.raises(ConfigError, match="random weights"):
+        train(tiny_config(small_dataset, tmp_path / "a", model="resnet10t", freeze=1), reporter=quiet)
+    with pytest.raises(ConfigError, match="would freeze all"):
+        from medclassify.training.freeze import freeze_stages
+        import timm
+
+        freeze_stages(timm.create_model("resnet10t", num_classes=2), 5, "resnet10t")
+    assert not (tmp_path / "a").exists()
+
+
+def test_sigterm_during_training_leaves_no_partial_run(tmp_path):
+    """`kill` (SIGTERM) unwinds like Ctrl-C: the hidden partial run directory is removed and the
+    process exits with 128 + 15."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from medclassify.data.synthetic import generate_dataset
+
+    data = generate_dataset(tmp_path / "d", per_class=40, size=32, seed=1)
+    out = tmp_path / "runs" / "r"
+    code = ("from medclassify.training.fit import train; from medclassify.reporting import Reporter; "
+            f"train(data={str(data)!r}, out={str(out)!r}, model='seed_cnn', image_size=32, epochs=10000, "
+            "time_budget=None, batch_size=4, early_stopping=0, workers=2, reporter=Reporter(quiet=True))")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (list(out.parent.glob(".r.partial-*/history.csv")) or proc.poll() is not None):
+        assert time.monotonic() < deadline, "training did not reach its first epoch"
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()[-500:]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not out.exists()
+    assert not list(out.parent.glob(".r.partial-*"))
+
+
+def test_weight_average_follows_the_weights():
+    import torch
+
+    from medclassify.training.callbacks import WeightAverage
+
+    model = torch.nn.Linear(3, 2)
+    avg = WeightAverage(model, horizon_steps=10)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    avg.update(model)  # first update: decay min(0.9, 1 - 1/2) = 0.5
+    start = avg.module.weight.clone()
+    assert not torch.equal(start, model.weight)
+    for _ in range(200):
+        avg.update(model)
+    assert torch.allclose(avg.module.weight, model.weight, atol=1e-6)
+    assert not avg.module.weight.requires_grad
+
+
+def test_ema_training_ships_the_average(small_dataset, tmp_path, quiet):
+    result = train(tiny_config(small_dataset, tmp_path / "run", ema=True, epochs=2), reporter=quiet)
+    assert json.loads((result.run_dir / "run.json").read_text())["config"]["ema"] is True
+    assert evaluate(result.run_dir, reporter=quiet)["n"] == 12

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import shutil
 import time
 from dataclasses import dataclass
@@ -51,11 +52,17 @@ def cache_key(paths: Sequence[str], size: int, resize_mode: str, channels: int) 
     return files_key(paths, f"v{CACHE_VERSION}|{size}|{resize_mode}|{channels}")
 
 
+def _default_signals() -> None:
+    # Workers must die on the pool's SIGTERM; a handler inherited from the parent (training turns
+    # SIGTERM into an exception there) left a worker blocked on the task queue and the pool hung.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def map_files(fn: Callable, jobs: Sequence, workers: int | None = None) -> Iterator:
     """fn(job) for every job, in forked worker processes when there are enough jobs; any order."""
     workers = workers or min(os.cpu_count() or 1, 8)
     if workers > 1 and len(jobs) > 64:
-        with get_context("fork").Pool(workers) as pool:
+        with get_context("fork").Pool(workers, initializer=_default_signals) as pool:
             yield from pool.imap_unordered(fn, jobs, chunksize=16)
     else:
         yield from map(fn, jobs)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from ..evaluation.metrics import monitor_value
@@ -56,3 +58,26 @@ class EarlyStopping:
             return False
         self.bad_epochs = 0 if improved else self.bad_epochs + 1
         return self.bad_epochs >= self.patience
+
+
+class WeightAverage:
+    """Exponential moving average of the weights over about one epoch of steps (buffers such as
+    batch-norm statistics are copied). Short runs end while the learning rate is still moving the
+    weights around; the average sits nearer the middle of the last epoch's basin. The decay warms up
+    as 1 - 1/(step + 1) so the first steps do not drag the random head along."""
+
+    def __init__(self, model: nn.Module, horizon_steps: int):
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = 1.0 - 1.0 / max(10, horizon_steps)
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        d = min(self.decay, 1.0 - 1.0 / (self.steps + 1))
+        for avg, p in zip(self.module.parameters(), model.parameters()):
+            avg.lerp_(p.detach(), 1.0 - d)
+        for avg, b in zip(self.module.buffers(), model.buffers()):
+            avg.copy_(b)

@@ -3,11 +3,14 @@ complete run directory at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import os
 import platform
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,8 @@ from ..inference.cached import autocast_context, predict_rows
 from ..models import create_model, get_spec
 from ..reporting import Reporter
 from ..run import FORMAT_VERSION, RunWriter, load_run, save_weights, write_json, write_split_csv
-from .callbacks import BestCheckpoint, EarlyStopping, History
+from .callbacks import BestCheckpoint, EarlyStopping, History, WeightAverage
+from .freeze import freeze_stages, keep_frozen_eval
 from .imbalance import class_weights, epoch_order
 from .precision import choose_amp_dtype
 from .schedule import lr_multiplier
@@ -110,10 +114,16 @@ class Trainer:
         self.val_labels = np.array([cls_index[r.label] for r in val], dtype=np.int64)
         self.prep = data.preprocessing
         self.preset = get_preset(config.augment)
+        self.frozen: list[nn.Module] = []
 
     def build_model(self) -> nn.Module:
         c = self.config
         model = create_model(c.model, len(self.classes), self.prep.channels, resolve_pretrained(c), c.weights, c.drop_rate)
+        if c.freeze:
+            if resolve_pretrained(c) == "none" and not c.weights:
+                raise ConfigError(f"--freeze {c.freeze} holds layers fixed, but {c.model} starts from random weights.",
+                                  "use --freeze 0, or start from pretrained weights (--pretrained imagenet or --weights PATH).")
+            self.frozen = freeze_stages(model, c.freeze, c.model)
         return model.to(self.device).to(memory_format=torch.channels_last)
 
     def run(self, writer: RunWriter) -> TrainResult:
@@ -137,17 +147,21 @@ class Trainer:
         history = History(writer.path / "history.csv")
         best = BestCheckpoint(writer.path / "model.safetensors", c.monitor)
         stopper = EarlyStopping(c.early_stopping)
+        ema = WeightAverage(model, steps_per_epoch) if c.ema else None
         rep.info(f"Training {c.model} ({resolve_pretrained(c)} weights) on {n_train} images, validating on "
                  f"{len(self.val_rows)}; {self.prep.channels} channel(s), {self.prep.image_size} px, "
                  f"precision {'fp32' if amp is None else str(amp).removeprefix('torch.')}, device {self.device}.")
         if c.imbalance != "none":
             rep.info(f"Imbalance handling: {c.imbalance}"
                      + (f" (class weights {', '.join(f'{w:.2f}' for w in weights.tolist())})" if weights is not None else ""))
+        cap_steps = c.epochs * steps_per_epoch  # with a time budget, the clock drives the decay (see lr_multiplier)
         step, t_start, epoch_done = 0, time.perf_counter(), 0
+        t_decay = t_start
         calibrated = c.time_budget is None
         try:
             for epoch in range(1, epochs + 1):
                 model.train()
+                keep_frozen_eval(self.frozen)
                 t_epoch = time.perf_counter()
                 order = epoch_order(self.train_labels, c.imbalance if c.imbalance == "sampler" else "none", rng)
                 loss_sum = correct = seen = 0.0
@@ -161,8 +175,16 @@ class Trainer:
                         y = torch.from_numpy(self.train_labels[idx][sort])
                         x = self.prep.normalise(augment(x, self.preset, gen)).to(self.device, non_blocking=True)
                         y = y.to(self.device)
+                        if step == warmup:
+                            t_decay = time.perf_counter()
+                        time_progress = None
+                        if c.time_budget and step >= warmup:
+                            spent = time.perf_counter() - t_decay
+                            time_progress = spent / max(1e-9, c.time_budget - (t_decay - t_start))
+                        mult = lr_multiplier(step, cap_steps if c.time_budget else total_steps, warmup, c.scheduler,
+                                             time_progress=time_progress)
                         for g, base in zip(optimizer.param_groups, base_lrs):
-                            g["lr"] = base * lr_multiplier(step, total_steps, warmup, c.scheduler)
+                            g["lr"] = base * mult
                         with autocast_context(self.device, amp):
                             logits = model(x)
                             loss = loss_fn(logits.float(), y)
@@ -174,6 +196,8 @@ class Trainer:
                         else:
                             loss.backward()
                             optimizer.step()
+                        if ema:
+                            ema.update(model)
                         if not torch.isfinite(loss):
                             raise ConfigError(f"Training diverged (loss {loss.item()}) at epoch {epoch}.",
                                               "lower --lr (e.g. by 10x) or use --precision fp32.")
@@ -189,11 +213,12 @@ class Trainer:
                                                                     t_epoch - t_start, steps_per_epoch, epochs)
                             calibrated = True
                 train_s = time.perf_counter() - t_epoch
-                val_probs, val_logits = predict_rows(model, self.data.cache.images, self.val_rows, self.prep,
+                shipped = ema.module if ema else model
+                val_probs, val_logits = predict_rows(shipped, self.data.cache.images, self.val_rows, self.prep,
                                                      device=self.device, amp_dtype=amp)
                 val = compute_metrics(self.val_labels, val_probs, self.classes)
                 val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(self.val_labels)))
-                improved = best.update(model, epoch, val)
+                improved = best.update(shipped, epoch, val)
                 epoch_done = epoch
                 lr_now = optimizer.param_groups[0]["lr"]
                 history.append({"epoch": epoch, "lr": lr_now, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
@@ -208,19 +233,15 @@ class Trainer:
                 if stopper.step(improved):
                     rep.info(f"Early stopping: no improvement of val {c.monitor} for {c.early_stopping} epochs.")
                     break
-                if epoch >= epochs:  # the time budget may lower the epoch count during epoch 1
-                    break
                 if c.time_budget:
-                    elapsed = time.perf_counter() - t_start
-                    per_epoch = elapsed / epoch
-                    if elapsed + per_epoch > c.time_budget * 1.05:
-                        rep.info(f"Time budget: stopping after epoch {epoch} ({elapsed:.0f} s of {c.time_budget:.0f} s).")
-                        break
+                    epochs, total_steps = self._replan(t_start, epoch, epochs, steps_per_epoch)
+                if epoch >= epochs:
+                    break
         except KeyboardInterrupt:
             if best.best_epoch is None:
                 raise
             rep.warn(f"Interrupted during epoch {epoch_done + 1}: keeping the best checkpoint so far (epoch {best.best_epoch}).")
-        save_weights(model, writer.path / "last.safetensors")
+        save_weights(ema.module if ema else model, writer.path / "last.safetensors")
         return TrainResult(writer.path, best.best_epoch, epoch_done, {}, time.perf_counter() - t_start)
 
     def _fit_budget(self, t_cal: float, images_timed: int, setup_s: float, steps_per_epoch: int, max_epochs: int):
@@ -232,12 +253,29 @@ class Trainer:
                            f"per epoch -> {epochs} epoch(s).")
         return epochs, epochs * steps_per_epoch
 
+    def _replan(self, t_start: float, done: int, planned: int, steps_per_epoch: int) -> tuple[int, int]:
+        """After each epoch, size the rest of the run from whole measured epochs (training and
+        validation), which is steadier than the first steps' timing when the machine's load changes.
+        The cosine schedule stretches or shrinks with the plan."""
+        c = self.config
+        elapsed = time.perf_counter() - t_start
+        epochs = epochs_within_budget(elapsed, done, c.time_budget, c.epochs)
+        if epochs <= done:
+            self.reporter.info(f"Time budget: stopping after epoch {done} ({elapsed:.0f} s of {c.time_budget:.0f} s).")
+        elif epochs != planned:
+            self.reporter.info(f"Time budget: {elapsed / done:.0f} s per epoch measured -> {epochs} epoch(s) in all.")
+        return epochs, epochs * steps_per_epoch
+
+
+def epochs_within_budget(elapsed: float, done: int, budget: float, max_epochs: int) -> int:
+    """Total epochs such that the run, at the mean epoch time so far, ends within the budget."""
+    per_epoch = elapsed / done
+    return max(done, min(max_epochs, done + int(max(0.0, budget - elapsed) // per_epoch)))
+
 
 def train(config: TrainConfig | None = None, reporter: Reporter | None = None, overwrite: bool = False, **kwargs) -> TrainResult:
     """Train a model and write a complete run directory. Accepts a TrainConfig or keyword arguments
     (data=..., out=..., model=..., ...)."""
-    from ..evaluation.evaluate import evaluate_records
-
     config = config or TrainConfig(**kwargs)
     reporter = reporter or Reporter()
     if config.threads:
@@ -245,48 +283,78 @@ def train(config: TrainConfig | None = None, reporter: Reporter | None = None, o
     spec = get_spec(config.model)
     writer = RunWriter(config.out, overwrite=overwrite)
     try:
-        t0 = time.perf_counter()
-        data = prepare(config.data, image_size=config.image_size, resize=config.resize, channels=config.channels,
-                       normalize=config.normalize, mean=spec.mean, std=spec.std, patient_pattern=config.patient_pattern,
-                       val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
-                       reporter=reporter, workers=config.workers, dedupe=config.dedupe, strict=config.strict)
-        prep_s = time.perf_counter() - t0
-        trainer = Trainer(config, data, reporter)
-        check_input_size(trainer.build_model().cpu(), config.image_size, data.preprocessing.channels, config.model)
-        write_split_csv(writer.path / "split.csv", data.records)
-        if data.skipped:
-            with open(writer.path / "skipped.csv", "w") as f:
-                f.write("path,reason\n")
-                f.writelines(f'"{p}","{r}"\n' for p, r in data.skipped.items())
-        info = {
-            "format_version": FORMAT_VERSION,
-            "medclassify_version": __version__,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "config": config.model_dump(),
-            "pretrained": resolve_pretrained(config),
-            "lr": resolve_lr(config),
-            "classes": data.classes,
-            "preprocessing": data.preprocessing.model_dump(),
-            "data": data.summary(),
-            "audit": data.audit,
-            "environment": {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()},
-        }
-        write_json(writer.path / "run.json", info)
-        result = trainer.run(writer)
-        info.update({
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "timings": {"prepare_s": round(prep_s, 1), "cache_hit": data.cache.hit,
-                        "cache_build_s": round(data.cache.build_seconds, 1), "train_s": round(result.train_seconds, 1)},
-            "warnings": [m for lvl, m in reporter.messages if lvl == "warning"],
-        })
-        write_json(writer.path / "run.json", info)
-        run = load_run(writer.path)
-        val = evaluate_records(run, data.split("val"), cache=data.cache, reporter=reporter)
-        run.save_metrics("val", val)
-        result.val_metrics = val
-        result.run_dir = writer.commit()
-        return result
+        with sigterm_as_exit():
+            return _train_into(writer, config, spec, reporter)
     except BaseException:
         writer.abort()
         raise
+
+
+@contextlib.contextmanager
+def sigterm_as_exit():
+    """A `kill` (SIGTERM) unwinds like Ctrl-C would, so the partial run directory is removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    owner = os.getpid()
+
+    def _raise(signum, frame):
+        if os.getpid() != owner:  # a forked worker: die as SIGTERM intends
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter) -> TrainResult:
+    from ..evaluation.evaluate import evaluate_records
+
+    t0 = time.perf_counter()
+    data = prepare(config.data, image_size=config.image_size, resize=config.resize, channels=config.channels,
+                   normalize=config.normalize, mean=spec.mean, std=spec.std, patient_pattern=config.patient_pattern,
+                   val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
+                   reporter=reporter, workers=config.workers, dedupe=config.dedupe, strict=config.strict)
+    prep_s = time.perf_counter() - t0
+    trainer = Trainer(config, data, reporter)
+    check_input_size(trainer.build_model().cpu(), config.image_size, data.preprocessing.channels, config.model)
+    write_split_csv(writer.path / "split.csv", data.records)
+    if data.skipped:
+        with open(writer.path / "skipped.csv", "w") as f:
+            f.write("path,reason\n")
+            f.writelines(f'"{p}","{r}"\n' for p, r in data.skipped.items())
+    info = {
+        "format_version": FORMAT_VERSION,
+        "medclassify_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": config.model_dump(),
+        "pretrained": resolve_pretrained(config),
+        "lr": resolve_lr(config),
+        "classes": data.classes,
+        "preprocessing": data.preprocessing.model_dump(),
+        "data": data.summary(),
+        "audit": data.audit,
+        "environment": {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()},
+    }
+    write_json(writer.path / "run.json", info)
+    result = trainer.run(writer)
+    info.update({
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "timings": {"prepare_s": round(prep_s, 1), "cache_hit": data.cache.hit,
+                    "cache_build_s": round(data.cache.build_seconds, 1), "train_s": round(result.train_seconds, 1)},
+        "warnings": [m for lvl, m in reporter.messages if lvl == "warning"],
+    })
+    write_json(writer.path / "run.json", info)
+    run = load_run(writer.path)
+    val = evaluate_records(run, data.split("val"), cache=data.cache, reporter=reporter)
+    run.save_metrics("val", val)
+    result.val_metrics = val
+    result.run_dir = writer.commit()
+    return result
