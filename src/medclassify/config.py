@@ -12,7 +12,7 @@ from .errors import ConfigError
 # The recommended recipe: what a bare `medclassify train DATA --out RUN` does. Chosen on validation
 # splits with benchmarks/accuracy.py (figures in the README and the closing note of issue 2).
 DEFAULT_MODEL = "efficientnet_lite0"
-DEFAULT_IMAGE_SIZE = 192
+DEFAULT_IMAGE_SIZE = 160
 DEFAULT_TIME_BUDGET = 15 * 60.0
 DEFAULT_MAX_EPOCHS = 30
 
@@ -26,13 +26,13 @@ class TrainConfig(BaseModel):
     image_size: int = DEFAULT_IMAGE_SIZE
     resize: Literal["pad", "squash"] = "pad"
     channels: Literal["auto", 1, 3] = "auto"
-    normalize: Literal["fixed", "per-image"] = "per-image"
-    augment: str = "robust"
+    normalize: Literal["fixed", "per-image"] = "fixed"
+    augment: str = "medical"
     epochs: int = Field(DEFAULT_MAX_EPOCHS, ge=1)
     time_budget: float | None = DEFAULT_TIME_BUDGET  # seconds of training; sizes the epochs
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float | None = Field(None, gt=0)  # None: 4e-4 when fine-tuning pretrained weights, 1e-3 from scratch
+    lr: float | None = Field(None, gt=0)  # None: 1e-3 for AdamW, 1e-2 for SGD
     weight_decay: float = Field(0.01, ge=0)
     scheduler: Literal["cosine", "step", "constant"] = "cosine"
     warmup_epochs: float = Field(0.5, ge=0)
@@ -40,7 +40,9 @@ class TrainConfig(BaseModel):
     imbalance: Literal["none", "weights", "sqrt-weights", "sampler"] = "sqrt-weights"
     drop_rate: float = Field(0.2, ge=0, lt=1)
     ema: bool = False  # validate, keep and ship an exponential moving average of the weights
-    freeze: int = Field(0, ge=0)  # feature stages (after the stem) held fixed; pretrained backbones only
+    # Feature stages held fixed (timm's count, stem included). None: 2 when fine-tuning pretrained
+    # weights of a model that describes its stages, else 0.
+    freeze: int | None = Field(None, ge=0)
     early_stopping: int = Field(5, ge=0)  # patience in epochs; 0 turns it off
     monitor: Literal["balanced_accuracy", "accuracy", "macro_f1", "auc", "loss"] = "balanced_accuracy"
     seed: int = 0

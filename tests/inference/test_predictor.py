@@ -57,6 +57,28 @@ def test_abstain_flag_follows_the_threshold(tiny_run):
     assert not Predictor(tiny_run, backend="torch", abstain_below=None).predict_file(path).abstain
 
 
+def test_stored_operating_threshold_decides_binary_predictions(tiny_run, tmp_path):
+    """A threshold chosen on validation (evaluate --target-sensitivity) is what predict and serve
+    decide with; argmax only when there is none or the caller turns it off."""
+    from medclassify.evaluation.evaluate import evaluate
+    from medclassify.reporting import Reporter
+
+    run_dir = _copy_run(tiny_run, tmp_path / "run")
+    paths = [r.path for r in load_run(run_dir).records("test")]
+    plain = Predictor(run_dir, backend="torch").predict_paths(paths)
+    positive = load_run(run_dir).classes[1]
+    p_pos = np.array([p.probabilities[positive] for p in plain])
+    evaluate(run_dir, reporter=Reporter(quiet=True), target_sensitivity=1.0)
+    op = json.loads((run_dir / "run.json").read_text())["operating_point"]
+    assert op["positive_class"] == positive
+    with_op = Predictor(run_dir, backend="torch")
+    assert with_op.describe()["operating_point"]["threshold"] == pytest.approx(op["threshold"])
+    labels = [p.label for p in with_op.predict_paths(paths)]
+    assert labels == [positive if v >= op["threshold"] else load_run(run_dir).classes[0] for v in p_pos]
+    argmax = [p.label for p in Predictor(run_dir, backend="torch", use_operating_point=False).predict_paths(paths)]
+    assert argmax == [p.label for p in plain]
+
+
 def test_tta_averages_the_image_and_its_mirror(tiny_run):
     p = Predictor(tiny_run, backend="torch")
     paths = [r.path for r in load_run(tiny_run).records("test")[:4]]

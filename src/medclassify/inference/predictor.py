@@ -72,7 +72,8 @@ def _onnxruntime_available() -> bool:
 
 class Predictor:
     def __init__(self, run: Run | str | Path, batch_size: int = 32, backend: Backend = "auto",
-                 abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, tta: bool = False, threads: int | None = None):
+                 abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, tta: bool = False, threads: int | None = None,
+                 use_operating_point: bool = True):
         self.run = run if isinstance(run, Run) else load_run(run)
         self.prep = self.run.preprocessing
         self.classes = self.run.classes
@@ -80,6 +81,10 @@ class Predictor:
         self.abstain_below = abstain_below
         self.tta = tta
         self.temperature = float(self.run.info.get("calibration", {}).get("temperature", 1.0))
+        # `evaluate --target-sensitivity/--target-specificity` stores a threshold chosen on validation;
+        # every entry point (predict, serve, cascade) then decides with it instead of argmax.
+        op = self.run.info.get("operating_point") if len(self.classes) == 2 else None
+        self.operating_point = op if use_operating_point and op and op.get("positive_class") in self.classes else None
         if not (self.run.path / "model.safetensors").is_file():
             from ..errors import RunError
 
@@ -111,7 +116,8 @@ class Predictor:
     def describe(self) -> dict:
         return {"run": str(self.run.path), "classes": self.classes, "model": self.run.model_name,
                 "version": self.version, "backend": self.backend, "temperature": self.temperature,
-                "abstain_below": self.abstain_below, "tta": self.tta, "preprocessing": self.prep.model_dump()}
+                "abstain_below": self.abstain_below, "tta": self.tta, "operating_point": self.operating_point,
+                "preprocessing": self.prep.model_dump()}
 
     def load(self, path: str | Path) -> np.ndarray:
         """File -> (H, W, C) uint8, exactly as the training cache decodes it."""
@@ -151,6 +157,9 @@ class Predictor:
 
     def wrap(self, path: str | None, p: np.ndarray) -> Prediction:
         top = int(p.argmax())
+        if self.operating_point:
+            pos = self.classes.index(self.operating_point["positive_class"])
+            top = pos if p[pos] >= self.operating_point["threshold"] else 1 - pos
         abstain = self.abstain_below is not None and float(p[top]) < self.abstain_below
         return Prediction(path, self.classes[top], {c: float(v) for c, v in zip(self.classes, p)}, abstain=abstain)
 

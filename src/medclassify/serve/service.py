@@ -70,6 +70,7 @@ class ServedModel:
             run = self.predictor.run
             base.update({"name": run.path.name, "model": run.model_name, "backend": self.predictor.backend,
                          "image_size": self.predictor.prep.image_size, "abstain_below": self.predictor.abstain_below,
+                         "operating_point": self.predictor.operating_point,
                          "trained_on": run.info.get("data", {}).get("root"), "created": run.info.get("created"),
                          "metrics": {s: _metric_summary(run.metrics(s)) for s in ("test", "val") if run.metrics(s)},
                          "intended_use": run.info.get("intended_use", INTENDED_USE)})
