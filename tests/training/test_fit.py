@@ -193,3 +193,17 @@ def test_ema_training_ships_the_average(small_dataset, tmp_path, quiet):
     result = train(tiny_config(small_dataset, tmp_path / "run", ema=True, epochs=2), reporter=quiet)
     assert json.loads((result.run_dir / "run.json").read_text())["config"]["ema"] is True
     assert evaluate(result.run_dir, reporter=quiet)["n"] == 12
+
+
+def test_decay_reaches_the_floor_at_the_planned_end_not_the_budget(small_dataset, tmp_path, quiet, monkeypatch):
+    """When the budget's tail cannot hold another epoch, the run still ends near the floor learning
+    rate: the decay aims at the last epoch that fits, not at the budget."""
+    from medclassify.training import fit
+
+    monkeypatch.setattr(fit, "epochs_within_budget", lambda elapsed, done, budget, max_epochs: 2)
+    result = train(tiny_config(small_dataset, tmp_path / "run", epochs=5, time_budget=3600.0, batch_size=4), reporter=quiet)
+    history = list(csv.DictReader(open(result.run_dir / "history.csv")))
+    assert len(history) == 2
+    lrs = [float(h["lr"]) for h in history]
+    assert lrs[0] > 0.5 * 3e-3  # epoch 1: early in the decay
+    assert lrs[-1] < 0.3 * 3e-3, lrs  # the old budget-based clock left it near 3e-3 (2 s of 3600 spent)

@@ -163,6 +163,7 @@ class Trainer:
         cap_steps = c.epochs * steps_per_epoch  # with a time budget, the clock drives the decay (see lr_multiplier)
         step, t_start, epoch_done = 0, time.perf_counter(), 0
         t_decay = t_start
+        self.planned_seconds = c.time_budget or 0.0  # when the planned epochs should end, from t_start
         calibrated = c.time_budget is None
         try:
             for epoch in range(1, epochs + 1):
@@ -186,7 +187,7 @@ class Trainer:
                         time_progress = None
                         if c.time_budget and step >= warmup:
                             spent = time.perf_counter() - t_decay
-                            time_progress = spent / max(1e-9, c.time_budget - (t_decay - t_start))
+                            time_progress = spent / max(1e-9, self.planned_seconds - (t_decay - t_start))
                         mult = lr_multiplier(step, cap_steps if c.time_budget else total_steps, warmup, c.scheduler,
                                              time_progress=time_progress)
                         for g, base in zip(optimizer.param_groups, base_lrs):
@@ -255,6 +256,7 @@ class Trainer:
         per_img = (time.perf_counter() - t_cal) / images_timed
         epoch_s = per_img * len(self.train_rows) + per_img * 0.35 * len(self.val_rows)
         epochs = int(max(1, min(max_epochs, (c.time_budget - setup_s) // epoch_s)))
+        self.planned_seconds = setup_s + epochs * epoch_s
         self.reporter.info(f"Time budget {c.time_budget / 60:.1f} min: {1 / per_img:.1f} img/s, about {epoch_s:.0f} s "
                            f"per epoch -> {epochs} epoch(s).")
         return epochs, epochs * steps_per_epoch
@@ -262,10 +264,12 @@ class Trainer:
     def _replan(self, t_start: float, done: int, planned: int, steps_per_epoch: int) -> tuple[int, int]:
         """After each epoch, size the rest of the run from whole measured epochs (training and
         validation), which is steadier than the first steps' timing when the machine's load changes.
-        The cosine schedule stretches or shrinks with the plan."""
+        The decay follows the clock towards the planned end: the last epoch that fits the budget, so
+        a run that cannot use the budget's tail still ends at the floor learning rate."""
         c = self.config
         elapsed = time.perf_counter() - t_start
         epochs = epochs_within_budget(elapsed, done, c.time_budget, c.epochs)
+        self.planned_seconds = epochs * elapsed / done
         if epochs <= done:
             self.reporter.info(f"Time budget: stopping after epoch {done} ({elapsed:.0f} s of {c.time_budget:.0f} s).")
         elif epochs != planned:

@@ -7,10 +7,11 @@ import math
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, kind: str, min_ratio: float = 0.01,
                   time_progress: float | None = None) -> float:
-    """`time_progress` (0..1, the share of a time budget spent since warm-up) drives the decay when a
-    time budget sizes the run: the schedule then follows the clock, so a wrong early estimate of the
-    machine's speed (another program busy during the first steps) cannot end the decay too early
-    or too late. The step count still wins when the epoch cap ends the run first."""
+    """`time_progress` (0..1, the share of the planned training time spent since warm-up) drives the
+    decay when a time budget sizes the run: the schedule follows the clock towards the planned end,
+    so a wrong early estimate of the machine's speed (another program busy during the first steps)
+    is corrected as soon as the plan is. The step count still wins when the epoch cap ends the run
+    first."""
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
     if kind == "constant" or total_steps <= warmup_steps:
