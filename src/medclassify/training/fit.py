@@ -116,6 +116,7 @@ class Trainer:
         self.preset = get_preset(config.augment)
         self.frozen: list[nn.Module] = []
         self.frozen_stages = 0
+        self.planned_seconds = 0.0  # under a time budget: when the planned epochs should end, from t_start
 
     def build_model(self) -> nn.Module:
         c = self.config
@@ -163,7 +164,7 @@ class Trainer:
         cap_steps = c.epochs * steps_per_epoch  # with a time budget, the clock drives the decay (see lr_multiplier)
         step, t_start, epoch_done = 0, time.perf_counter(), 0
         t_decay = t_start
-        self.planned_seconds = c.time_budget or 0.0  # when the planned epochs should end, from t_start
+        self.planned_seconds = c.time_budget or 0.0  # until the first-steps calibration
         calibrated = c.time_budget is None
         try:
             for epoch in range(1, epochs + 1):
