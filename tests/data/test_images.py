@@ -64,3 +64,14 @@ def test_channels_conversion():
 def test_load_for_model_shape(tmp_path):
     Image.fromarray(np.zeros((300, 120), np.uint8)).save(tmp_path / "x.jpg")
     assert load_for_model(tmp_path / "x.jpg", 64, "pad", 3).shape == (64, 64, 3)
+
+
+def test_grey_stored_as_rgb_gives_the_same_luma_as_the_formula():
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    grey_rgb = np.repeat(levels[..., None], 3, axis=2)
+    formula = (grey_rgb[..., 0] * 0.299 + grey_rgb[..., 1] * 0.587 + grey_rgb[..., 2] * 0.114 + 0.5).astype(np.uint8)
+    assert np.array_equal(to_channels(grey_rgb, 1)[..., 0], formula)
+    colour = grey_rgb.copy()
+    colour[0, 0] = (200, 10, 30)  # one coloured pixel sends the whole image through the formula
+    assert to_channels(colour, 1)[0, 0, 0] == int(200 * 0.299 + 10 * 0.587 + 30 * 0.114 + 0.5)
+    assert np.array_equal(to_channels(colour, 1)[1:, :, 0], levels[1:])

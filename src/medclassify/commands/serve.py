@@ -23,7 +23,7 @@ def serve(
     workers: int = typer.Option(2, "--workers", help="Requests computed at once."),
     queue: int = typer.Option(32, "--queue", help="Requests allowed to wait; more are answered 503."),
     abstain_below: float = typer.Option(0.6, "--abstain-below", help="Flag answers whose top probability is under this."),
-    backend: str = typer.Option("auto", help="auto (ONNX Runtime when exported), onnx or torch."),
+    backend: str = typer.Option("auto", help="auto (ONNX Runtime when exported), onnx, onnx-int8 (after export --int8) or torch."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime threads per request (default: cores / workers)."),
 ):
     """Serve a run or a cascade over HTTP: REST API (/v1/predict, /v1/explain, /v1/model, /health) and a web page at /."""

@@ -17,13 +17,16 @@ def _first(value) -> float:
         return float(value)
 
 
-def read_dicom(path: Path | str) -> np.ndarray:
+def read_dicom(path: Path | str, data: bytes | None = None) -> np.ndarray:
+    """DICOM file (or its bytes, named by `path`) -> uint8 pixels."""
+    import io
+
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     path = Path(path)
     try:
-        ds = pydicom.dcmread(path, force=False)
+        ds = pydicom.dcmread(path if data is None else io.BytesIO(data), force=False)
     except InvalidDicomError:
         raise UnreadableImage(path, "not a valid DICOM file (no DICM preamble)") from None
     except Exception as e:

@@ -6,6 +6,8 @@ Predictor and the audit see identical arrays.
 
 from __future__ import annotations
 
+import io
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,8 +85,8 @@ def is_gray_content(arr: np.ndarray) -> bool:
     )
 
 
-def _open_pil(path: Path, draft_size: int | None) -> Image.Image:
-    img = Image.open(path)
+def _open_pil(path: Path, draft_size: int | None, data: bytes | None = None) -> Image.Image:
+    img = Image.open(path if data is None else io.BytesIO(data))
     if img.width * img.height > MAX_PIXELS:
         raise UnreadableImage(path, f"{img.width}x{img.height} pixels is over the {MAX_PIXELS:,}-pixel limit")
     if draft_size and img.format == "JPEG":
@@ -100,31 +102,32 @@ def storage_path(path: Path | str) -> str:
     return path.split(NPZ_SEPARATOR, 1)[0] if NPZ_SEPARATOR in path else path
 
 
-def decode(path: Path | str, draft_size: int | None = None) -> np.ndarray:
-    """Decode a file to uint8, HxW or HxWx3. Raises UnreadableImage with the reason."""
-    if NPZ_SEPARATOR in str(path):
+def decode(path: Path | str, draft_size: int | None = None, data: bytes | None = None) -> np.ndarray:
+    """Decode a file to uint8, HxW or HxWx3. Raises UnreadableImage with the reason.
+    With `data`, those bytes are decoded (an upload held in memory) and `path` only names them."""
+    if NPZ_SEPARATOR in str(path) and data is None:
         from .medmnist import read_npz_image
 
         return read_npz_image(str(path))
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise UnreadableImage(path, "file does not exist")
-    if path.stat().st_size == 0:
+    if (len(data) if data is not None else path.stat().st_size) == 0:
         raise UnreadableImage(path, "empty file (0 bytes)")
     if path.suffix.lower() in (".dcm", ".dicom"):
         from .dicom import read_dicom
 
-        return read_dicom(path)
+        return read_dicom(path, data)
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        img = _open_pil(path, draft_size)
+        img = _open_pil(path, draft_size, data)
     except UnreadableImage:
         raise
     except UnidentifiedImageError:
-        if _looks_like_dicom(path):
+        if _looks_like_dicom(path, data):
             from .dicom import read_dicom
 
-            return read_dicom(path)
+            return read_dicom(path, data)
         raise UnreadableImage(path, "not an image file Pillow can identify") from None
     except Image.DecompressionBombError as e:
         raise UnreadableImage(path, f"decompression bomb refused ({e})") from None
@@ -138,7 +141,9 @@ def decode(path: Path | str, draft_size: int | None = None) -> np.ndarray:
         raise UnreadableImage(path, f"cannot convert mode {img.mode} ({e})") from None
 
 
-def _looks_like_dicom(path: Path) -> bool:
+def _looks_like_dicom(path: Path, data: bytes | None = None) -> bool:
+    if data is not None:
+        return data[128:132] == b"DICM"
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -176,7 +181,13 @@ def to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
     """HxW or HxWx3 uint8 -> HxWxC with C = 1 or 3. Colour becomes grey by ITU-R 601 luma."""
     if channels == 1:
         if arr.ndim == 3:
-            arr = (arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114 + 0.5).astype(np.uint8)
+            r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
+            # Grey stored as RGB (most X-rays and MRIs here): the luma of equal channels is the channel
+            # itself, bit for bit, at a fraction of the float arithmetic's cost.
+            if np.array_equal(r, g) and np.array_equal(g, b):
+                arr = r
+            else:
+                arr = (r * 0.299 + g * 0.587 + b * 0.114 + 0.5).astype(np.uint8)
         return arr[..., None]
     if arr.ndim == 2:
         return np.repeat(arr[..., None], 3, axis=2)
@@ -204,9 +215,9 @@ def resize(arr: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
     return out
 
 
-def load_for_model(path: Path | str, size: int, resize_mode: str, channels: int) -> np.ndarray:
-    """The single preprocessing entry: file -> size x size x C uint8."""
-    arr = decode(path, draft_size=size)
+def load_for_model(path: Path | str, size: int, resize_mode: str, channels: int, data: bytes | None = None) -> np.ndarray:
+    """The single preprocessing entry: file (or its bytes) -> size x size x C uint8."""
+    arr = decode(path, draft_size=size, data=data)
     return resize(to_channels(arr, channels), size, resize_mode)
 
 

@@ -195,9 +195,9 @@ class Cascade:
                 return CascadeResult(path, pred.label, prob, steps, abstain)
             name = nxt
 
-    def predict_file(self, path: str | Path) -> CascadeResult:
-        """Raises UnreadableImage like Predictor.predict_file."""
-        return self._result(str(path), lambda stage: self.predictors[stage].predict_file(path))
+    def predict_file(self, path: str | Path, data: bytes | None = None) -> CascadeResult:
+        """Raises UnreadableImage like Predictor.predict_file (`data`: the file's bytes, held in memory)."""
+        return self._result(str(path), lambda stage: self.predictors[stage].predict_file(path, data))
 
     def predict_paths(self, paths: Sequence[str], extra: dict[str, Sequence[str]] | None = None,
                       on_stage: Callable[[str, int], None] | None = None) -> tuple[list[CascadeResult], dict[str, dict[str, Prediction]]]:

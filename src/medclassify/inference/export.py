@@ -54,23 +54,54 @@ class _FixedAdaptiveAvgPool(torch.nn.Module):
         return torch.matmul(torch.matmul(self.rows, x), self.cols.t())
 
 
+class _StaticSameConv(torch.nn.Conv2d):
+    """timm's Conv2dSame (TensorFlow 'SAME' padding computed from the input's shape at run time) for
+    one known input size: the padding becomes a constant, so the exported graph has no shape
+    arithmetic, ONNX Runtime folds the pad into the convolution, and the graph can be quantised."""
+
+    def __init__(self, conv: torch.nn.Conv2d, in_hw: tuple[int, int]):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
+                         conv.groups, conv.bias is not None)
+        self.load_state_dict(conv.state_dict())
+        pads = []
+        for size, k, s, d in zip(in_hw, conv.kernel_size, conv.stride, conv.dilation):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        self.pad = (*pads[1], *pads[0])  # F.pad order: left, right, top, bottom
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(x, self.pad), self.weight, self.bias, self.stride,
+                                          0, self.dilation, self.groups)
+
+
+def _is_dynamic_same_conv(module: torch.nn.Module) -> bool:
+    return type(module).__name__ == "Conv2dSame" and isinstance(module, torch.nn.Conv2d)
+
+
 def exportable(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
-    """Replace adaptive average pools whose output size does not divide their input size."""
+    """Fix, for the example's input size, the layers whose ONNX graph would depend on the input
+    shape: adaptive average pools whose output size does not divide their input size, and
+    TensorFlow-'SAME' convolutions (the tf_efficientnet_lite family)."""
     seen: dict[str, tuple[int, int]] = {}
     hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, tuple(inp[0].shape[-2:])))
-             for name, m in model.named_modules() if isinstance(m, torch.nn.AdaptiveAvgPool2d)]
+             for name, m in model.named_modules()
+             if isinstance(m, torch.nn.AdaptiveAvgPool2d) or _is_dynamic_same_conv(m)]
     with torch.no_grad():
         model(example)
     for h in hooks:
         h.remove()
     for name, in_hw in seen.items():
-        pool = model.get_submodule(name)
-        size = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size, pool.output_size)
-        out_hw = tuple(in_hw[i] if s is None else s for i, s in enumerate(size))
-        if all(o and i % o == 0 for i, o in zip(in_hw, out_hw)):
-            continue
+        module = model.get_submodule(name)
+        if _is_dynamic_same_conv(module):
+            replacement: torch.nn.Module = _StaticSameConv(module, in_hw)
+        else:
+            size = module.output_size if isinstance(module.output_size, tuple) else (module.output_size, module.output_size)
+            out_hw = tuple(in_hw[i] if s is None else s for i, s in enumerate(size))
+            if all(o and i % o == 0 for i, o in zip(in_hw, out_hw)):
+                continue
+            replacement = _FixedAdaptiveAvgPool(in_hw, out_hw)
         parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attr, _FixedAdaptiveAvgPool(in_hw, out_hw))
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, replacement)
     return model
 
 

@@ -2,7 +2,8 @@
 preprocessing. Every entry point (predict command, Python API, cascades, the server) goes through it.
 
 Backends: ONNX Runtime when the run holds an up-to-date model.onnx (see inference/export.py) and
-onnxruntime is installed, PyTorch otherwise. Weights are read from safetensors (no pickle)."""
+onnxruntime is installed, PyTorch otherwise; the int8 model (inference/quantize.py) only when asked
+for (`onnx-int8`). Weights are read from safetensors (no pickle)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from ..run import Run, load_run
 
 # A prediction whose top probability is under this is flagged `abstain` (configurable everywhere).
 DEFAULT_ABSTAIN_BELOW = 0.6
-Backend = Literal["auto", "onnx", "torch"]
+Backend = Literal["auto", "onnx", "onnx-int8", "torch"]
+BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
 
 
 @dataclass
@@ -90,18 +92,26 @@ class Predictor:
 
             raise RunError(f"Run {self.run.path} has no model.safetensors.", "the run is incomplete: train it again.")
         self.version = weights_hash(self.run.path)
-        if backend not in ("auto", "onnx", "torch"):
-            raise ConfigError(f"Unknown backend {backend!r}.", "use auto, onnx or torch.")
+        if backend not in BACKENDS:
+            raise ConfigError(f"Unknown backend {backend!r}.", f"use one of: {', '.join(BACKENDS)}.")
         current = onnx_is_current(self.run, self.version)
         if backend == "onnx" and not current:
             raise ConfigError(f"Run {self.run.path} has no up-to-date model.onnx.",
                               f"export it first: medclassify export {self.run.path} --format onnx.")
-        use_onnx = backend == "onnx" or (backend == "auto" and current and _onnxruntime_available())
-        self.backend = "onnx" if use_onnx else "torch"
+        if backend == "onnx-int8":
+            from .quantize import INT8_FILE, int8_is_current
+
+            if not int8_is_current(self.run, self.version):
+                raise ConfigError(f"Run {self.run.path} has no up-to-date {INT8_FILE}.",
+                                  f"quantise it first: medclassify export {self.run.path} --format onnx --int8.")
+        use_onnx = backend in ("onnx", "onnx-int8") or (backend == "auto" and current and _onnxruntime_available())
+        self.backend = backend if backend == "onnx-int8" else "onnx" if use_onnx else "torch"
         self._model: torch.nn.Module | None = None
         self.session = None
         if use_onnx:
-            self.session = _ort_session(self.run.path / "model.onnx", threads)
+            from .quantize import INT8_FILE
+
+            self.session = _ort_session(self.run.path / (INT8_FILE if backend == "onnx-int8" else "model.onnx"), threads)
             self._input_name = self.session.get_inputs()[0].name
         else:
             self._model = self.run.build_model().to(memory_format=torch.channels_last)
@@ -119,9 +129,9 @@ class Predictor:
                 "abstain_below": self.abstain_below, "tta": self.tta, "operating_point": self.operating_point,
                 "preprocessing": self.prep.model_dump()}
 
-    def load(self, path: str | Path) -> np.ndarray:
-        """File -> (H, W, C) uint8, exactly as the training cache decodes it."""
-        return load_for_model(path, self.prep.image_size, self.prep.resize, self.prep.channels)
+    def load(self, path: str | Path, data: bytes | None = None) -> np.ndarray:
+        """File (or its bytes, named by `path`) -> (H, W, C) uint8, exactly as the training cache decodes it."""
+        return load_for_model(path, self.prep.image_size, self.prep.resize, self.prep.channels, data)
 
     def tensor(self, batch: np.ndarray) -> torch.Tensor:
         """(N, H, W, C) uint8 -> the model's input tensor (the evaluation path's `prep(...)`)."""
@@ -151,9 +161,9 @@ class Predictor:
         arr = array_for_model(pixels, self.prep.image_size, self.prep.resize, self.prep.channels)
         return self.wrap(path, self.probabilities(arr[None])[0])
 
-    def predict_file(self, path: str | Path) -> Prediction:
-        """One file; raises UnreadableImage with the reason."""
-        return self.wrap(str(path), self.probabilities(self.load(path)[None])[0])
+    def predict_file(self, path: str | Path, data: bytes | None = None) -> Prediction:
+        """One file (or its bytes, named by `path`); raises UnreadableImage with the reason."""
+        return self.wrap(str(path), self.probabilities(self.load(path, data)[None])[0])
 
     def wrap(self, path: str | None, p: np.ndarray) -> Prediction:
         top = int(p.argmax())

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..data.images import UnreadableImage
 from .service import ExplainUnavailable, ServedModel
-from .uploads import SUPPORTED, UploadRejected, save_upload
+from .uploads import SUPPORTED, Upload, UploadRejected, check_upload
 
 STATIC = Path(__file__).parent / "static"
 FORM_FIELD = "file"
@@ -83,15 +83,9 @@ def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSe
     async def _http(_req, exc: StarletteHTTPException):
         return _error(exc.status_code, "http_error", str(exc.detail))
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if request.method == "POST" and length and length.isdigit() and int(length) > max_bytes + 64_000:
-            return _error(413, "file_too_large", f"The request is {int(length) / 1e6:.1f} MB; the upload limit is "
-                          f"{settings.max_upload_mb:.0f} MB.")
-        return await call_next(request)
+    app.add_middleware(_DeclaredSizeLimit, max_bytes=max_bytes + 64_000, limit_mb=settings.max_upload_mb)
 
-    def require_key(request: Request) -> None:
+    async def require_key(request: Request) -> None:
         if not settings.api_key:
             return
         given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -117,25 +111,23 @@ def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSe
         data = await file.read(max_bytes + 1)
         return data, file.filename or "upload"
 
-    def with_upload(data: bytes, name: str, work: Callable[[Any], Any]) -> Any:
-        """Runs in a worker thread: validate, write a temporary file, work on it, always clean up."""
+    def with_upload(data: bytes, name: str, work: Callable[[Upload], Any]) -> Any:
+        """Runs in a worker thread: validate the bytes, then work on them (nothing touches the disk)."""
         try:
-            upload = save_upload(data, name, max_bytes, max_pixels)
+            upload = check_upload(data, name, max_bytes, max_pixels)
         except UploadRejected as e:
             raise Rejected(e.status, e.code, e.message) from None
         try:
             return upload, work(upload)
         except UnreadableImage as e:
             raise Rejected(422, "unreadable_image", f"{name}: {e.reason}.") from None
-        finally:
-            upload.discard()
 
     @app.post("/v1/predict", dependencies=[Depends(require_key)],
               summary="Classify one image (multipart field 'file'); with a cascade, also the path through its stages.")
     async def predict(file: UploadFile = File(..., description=f"{SUPPORTED} image")):
         t0 = time.perf_counter()
         data, name = await read_upload(file)
-        upload, result = await run_bounded(lambda: with_upload(data, name, lambda up: _timed(model.predict, up.path)))
+        upload, result = await run_bounded(lambda: with_upload(data, name, lambda up: _timed(model.predict, up)))
         body, compute_ms = result
         body.update({"model": {"version": model.version, "kind": model.kind},
                      "image": {"filename": name, "format": upload.format, "width": upload.width, "height": upload.height},
@@ -151,7 +143,7 @@ def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSe
                            "Heatmaps are not available in this medclassify version (the Grad-CAM module is not installed).")
         data, name = await read_upload(file)
         try:
-            _upload, (png, label, prob) = await run_bounded(lambda: with_upload(data, name, lambda up: model.explain_png(up.path)))
+            _upload, (png, label, prob) = await run_bounded(lambda: with_upload(data, name, lambda up: model.explain_png(up)))
         except ExplainUnavailable:
             raise Rejected(501, "explain_unavailable", "Heatmaps are not available in this medclassify version.") from None
         return Response(png, media_type="image/png", headers={"X-Class": label, "X-Probability": f"{prob:.6f}"})
@@ -170,6 +162,24 @@ def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSe
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+class _DeclaredSizeLimit:
+    """Answers 413 before reading a POST body whose declared length is over the limit. A plain ASGI
+    middleware: Starlette's BaseHTTPMiddleware costs a task group and two streams per request, a
+    measurable share of a small request's time on 2 cores."""
+
+    def __init__(self, app, max_bytes: int, limit_mb: float):
+        self.app, self.max_bytes, self.limit_mb = app, max_bytes, limit_mb
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_bytes:
+                response = _error(413, "file_too_large", f"The request is {int(length) / 1e6:.1f} MB; the upload limit is "
+                                  f"{self.limit_mb:.0f} MB.")
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 def _timed(fn: Callable[[Path], dict], path: Path) -> tuple[dict, float]:

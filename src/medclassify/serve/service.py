@@ -11,6 +11,7 @@ import numpy as np
 
 from ..inference.cascade import Cascade
 from ..inference.predictor import DEFAULT_ABSTAIN_BELOW, Predictor
+from .uploads import Upload
 
 INTENDED_USE = ("Research and education only. Not a medical device and not a diagnosis: every output must be "
                 "reviewed by a qualified clinician. Valid only for images like the training data "
@@ -87,20 +88,20 @@ class ServedModel:
                 base["metrics"] = {"end_to_end": _metric_summary(json.loads(saved.read_text()))}
         return base
 
-    def predict(self, path: Path) -> dict[str, Any]:
-        """Raises UnreadableImage when the decoder refuses the file."""
+    def predict(self, upload: Upload) -> dict[str, Any]:
+        """Raises UnreadableImage when the decoder refuses the image."""
         if self.predictor is not None:
-            pred = self.predictor.predict_file(path)
+            pred = self.predictor.predict_file(upload.path, upload.data)
             return {"label": pred.label, "probability": pred.probabilities[pred.label], "probabilities": pred.probabilities,
                     "abstain": pred.abstain, "cascade_path": None}
-        res = self.cascade.predict_file(path)
+        res = self.cascade.predict_file(upload.path, upload.data)
         last = res.steps[-1]
         return {"label": res.label, "probability": res.probability, "probabilities": last.probabilities,
                 "abstain": res.abstain,
                 "cascade_path": [{"stage": s.stage, "label": s.label, "probability": s.probability,
                                   "probabilities": s.probabilities, "version": s.version} for s in res.steps]}
 
-    def explain_png(self, path: Path) -> tuple[bytes, str, float]:
+    def explain_png(self, upload: Upload) -> tuple[bytes, str, float]:
         """Grad-CAM of the predicted class (for a cascade: of its last stage) over the image as the model
         sees it; returns (PNG bytes, class, probability)."""
         if not self.can_explain:
@@ -112,9 +113,9 @@ class ServedModel:
 
         predictor = self.predictor
         if predictor is None:
-            last = self.cascade.predict_file(path).steps[-1].stage
+            last = self.cascade.predict_file(upload.path, upload.data).steps[-1].stage
             predictor = self.cascade.predictors[last]
-        image = predictor.load(path)
+        image = predictor.load(upload.path, upload.data)
         probs = predictor.probabilities(image[None])[0]
         target = int(np.argmax(probs))
         expl = GradCAM(predictor.model, predictor.prep).explain(image, target)

@@ -1,11 +1,10 @@
 """Checking an uploaded file before anything decodes it: size cap, type by content (not by name),
-pixel-count cap read from the header (decompression bombs), then a temporary file that the
-ordinary decoder (data/images.py) reads, so uploads are preprocessed exactly like training images."""
+pixel-count cap read from the header (decompression bombs). The bytes then go, in memory, through
+the ordinary decoder (data/images.py), so uploads are preprocessed exactly like training images."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +30,15 @@ class UploadRejected(Exception):
 
 @dataclass
 class Upload:
-    path: Path
+    path: Path  # a name for messages and for the decoder's choice by suffix; nothing is written there
+    data: bytes
     format: str
     width: int
     height: int
-    bytes: int
 
-    def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
+    @property
+    def bytes(self) -> int:
+        return len(self.data)
 
 
 def sniff(head: bytes) -> tuple[str, str] | None:
@@ -48,13 +48,13 @@ def sniff(head: bytes) -> tuple[str, str] | None:
     return None
 
 
-def dimensions(path: Path, fmt: str) -> tuple[int, int]:
+def dimensions(data: bytes, fmt: str) -> tuple[int, int]:
     """Width and height from the header only."""
     if fmt == "DICOM":
         import pydicom
 
         try:
-            ds = pydicom.dcmread(path, defer_size=1024)  # large values (the pixels) are not read here
+            ds = pydicom.dcmread(io.BytesIO(data), defer_size=1024)  # large values (the pixels) are not read here
         except Exception as e:
             raise UploadRejected(422, "unreadable_image", f"The DICOM file cannot be parsed ({type(e).__name__}).") from None
         if "PixelData" not in ds:
@@ -63,7 +63,7 @@ def dimensions(path: Path, fmt: str) -> tuple[int, int]:
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             return img.width, img.height
     except Image.DecompressionBombError:
         raise UploadRejected(413, "too_many_pixels", "The image has more pixels than this server decodes.") from None
@@ -71,8 +71,8 @@ def dimensions(path: Path, fmt: str) -> tuple[int, int]:
         raise UploadRejected(422, "unreadable_image", f"The {fmt} file cannot be read ({type(e).__name__}).") from None
 
 
-def save_upload(data: bytes, filename: str | None, max_bytes: int, max_pixels: int) -> Upload:
-    """Validate the bytes of one upload and write them to a temporary file (caller discards it)."""
+def check_upload(data: bytes, filename: str | None, max_bytes: int, max_pixels: int) -> Upload:
+    """Validate the bytes of one upload (raises UploadRejected)."""
     name = filename or "upload"
     if not data:
         raise UploadRejected(400, "empty_file", f"{name} is empty (0 bytes).")
@@ -82,18 +82,11 @@ def save_upload(data: bytes, filename: str | None, max_bytes: int, max_pixels: i
     if kind is None:
         raise UploadRejected(415, "unsupported_type", f"{name} is not a {SUPPORTED} image.")
     suffix, fmt = kind
-    fd, tmp = tempfile.mkstemp(prefix="medclassify-upload-", suffix=suffix)
-    path = Path(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        w, h = dimensions(path, fmt)
-        if w * h > max_pixels:
-            raise UploadRejected(413, "too_many_pixels",
-                                 f"{name} is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is {max_pixels / 1e6:.0f} megapixels.")
-        if w * h == 0:
-            raise UploadRejected(422, "unreadable_image", f"{name} has no pixels (0x0).")
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return Upload(path, fmt, w, h, len(data))
+    w, h = dimensions(data, fmt)
+    if w * h > max_pixels:
+        raise UploadRejected(413, "too_many_pixels",
+                             f"{name} is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is {max_pixels / 1e6:.0f} megapixels.")
+    if w * h == 0:
+        raise UploadRejected(422, "unreadable_image", f"{name} has no pixels (0x0).")
+    # The suffix follows the content, so a DICOM sent as "scan.png" is still read as DICOM.
+    return Upload(Path(Path(name).name).with_suffix(suffix), data, fmt, w, h)
