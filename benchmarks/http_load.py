@@ -1,6 +1,6 @@
 """HTTP load on loopback: `medclassify serve` in its own process, N client threads (keep-alive)
 posting real chest X-rays to /v1/predict for a fixed time, with a cap on the request count. The
-server's memory (VmRSS) is sampled every second.
+server's memory (VmRSS, summed over its processes) is sampled every second.
 
     python benchmarks/http_load.py [--run RUN] [--clients 8] [--seconds 30]
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving_run import ROOT, SHARED, exported_run, write_result
+from serving_run import ROOT, SHARED, ensure_backend, exported_run, write_result
 
 MAX_REQUESTS = 100_000  # a bound on top of the time limit
 
@@ -44,6 +44,33 @@ def model_ceiling(run: Path, paths: list[Path], backend: str) -> dict:
     pred.predict_paths(files * 2)
     batch = 2 * len(files) / (time.perf_counter() - t)
     return {"batch1_images_per_s": single, "batch32_images_per_s": batch, "image_size": pred.prep.image_size}
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (a multi-process server's workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def tree_rss_mb(pid: int) -> float:
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            total += rss_mb(p)
+        except OSError:
+            pass
+    return total
 
 
 def multipart(name: str, data: bytes) -> tuple[bytes, str]:
@@ -72,6 +99,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=2, help="server --workers")
+    ap.add_argument("--processes", type=int, default=2, help="server --processes")
     ap.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8"],
                     help="server --backend; onnx-int8 quantises the run first (export --int8)")
     args = ap.parse_args()
@@ -82,13 +110,7 @@ def main() -> int:
     import httpx
 
     run, origin = exported_run(args.run)
-    if args.backend == "onnx-int8":
-        from medclassify.inference.quantize import int8_is_current, quantize_int8
-        from medclassify.inference.predictor import weights_hash
-        from medclassify.run import load_run
-
-        if not int8_is_current(load_run(run), weights_hash(run)):
-            quantize_int8(run)
+    ensure_backend(run, args.backend)
     ceiling = model_ceiling(run, xrays, args.backend)
     floor_ms = 1e3 * args.clients / max(ceiling["batch1_images_per_s"], ceiling["batch32_images_per_s"])
     print(f"model alone ({ceiling['image_size']} px, {args.backend}, no HTTP): {ceiling['batch1_images_per_s']:.0f} img/s one by one, "
@@ -99,6 +121,7 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     server = subprocess.Popen([sys.executable, "-c", "import sys; from medclassify.cli import main; sys.exit(main(sys.argv[1:]))",
                                "serve", str(run), "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
+                               "--processes", str(args.processes),
                                "--backend", args.backend],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
@@ -160,7 +183,7 @@ def main() -> int:
         for t in threads:
             t.start()
         while any(t.is_alive() for t in threads):
-            rss.append((time.monotonic() - t0, rss_mb(server.pid)))
+            rss.append((time.monotonic() - t0, tree_rss_mb(server.pid)))
             time.sleep(1.0)
         for t in threads:
             t.join()
@@ -176,7 +199,7 @@ def main() -> int:
     after5 = [m for s, m in rss if s >= 5.0]
     growth = (after5[-1] - after5[0]) / after5[0] if len(after5) >= 2 else float("nan")
     result = {
-        "run": str(run), "origin": origin, "clients": args.clients, "seconds": wall, "server_workers": args.workers, "backend": args.backend,
+        "run": str(run), "origin": origin, "clients": args.clients, "seconds": wall, "server_workers": args.workers, "server_processes": args.processes, "backend": args.backend,
         "requests": int(len(lat) + len(errors)), "errors": len(errors), "first_errors": errors[:5],
         "requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
         "p99_ms": float(np.percentile(lat, 99)), "rss_mb_at_5s": after5[0] if after5 else None,

@@ -57,6 +57,18 @@ def exported_run(run: str | None) -> tuple[Path, str]:
     return target, origin
 
 
+def ensure_backend(run: Path, backend: str) -> None:
+    """Quantise the scratch run first when the int8 model is asked for (export --int8)."""
+    if backend != "onnx-int8":
+        return
+    from medclassify.inference.predictor import weights_hash
+    from medclassify.inference.quantize import int8_is_current, quantize_int8
+    from medclassify.run import load_run
+
+    if not int8_is_current(load_run(run), weights_hash(run)):
+        quantize_int8(run)
+
+
 def write_result(name: str, result: dict) -> Path:
     import json
     import os

@@ -42,6 +42,19 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"status": status, "code": code, "message": message}}, status_code=status)
 
 
+SPEC_ENV = "MEDCLASSIFY_SERVE_SPEC"
+
+
+def app_from_environment() -> FastAPI:
+    """The app factory each server process calls when `serve --processes N` runs N of them
+    (uvicorn's workers); the serve command leaves what to build in SPEC_ENV."""
+    import json
+    import os
+
+    spec = json.loads(os.environ[SPEC_ENV])
+    return create_app(spec["target"], ServeSettings(**spec["settings"]), **spec["model"])
+
+
 def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSettings] = None, **model_kw) -> FastAPI:
     settings = settings or ServeSettings()
     model = target if isinstance(target, ServedModel) else ServedModel(target, **model_kw)
