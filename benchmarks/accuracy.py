@@ -33,6 +33,34 @@ def parse_value(v: str):
     return {"none": None, "true": True, "false": False}.get(v.lower(), v)
 
 
+def test_fields(test: dict) -> dict:
+    return {"test_accuracy": round(test["accuracy"], 4), "test_balanced_accuracy": round(test["balanced_accuracy"], 4),
+            "test_macro_f1": round(test["macro_f1"], 4), "test_auc": round(test["auc"], 4) if test["auc"] is not None else None,
+            "test_recall": {c: round(m["recall"], 3) for c, m in test["per_class"].items()}}
+
+
+def reevaluated_row(name: str, args, previous: list[dict], out: Path, evaluate) -> dict:
+    import shutil
+
+    from medclassify.reporting import Reporter
+
+    source = Path(args.runs) / f"{name}-{args.source_suffix or args.reevaluate}"
+    old = [r for r in previous if r["dataset"] == name and r["tag"] == args.reevaluate]
+    if not (source / "run.json").is_file() or not old:
+        raise SystemExit(f"--reevaluate {args.reevaluate}: no run {source} or no row for it in {args.json}")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(source, out, ignore=shutil.ignore_patterns("metrics"))
+    info = json.loads((out / "run.json").read_text())
+    for key in ("tta", "calibration", "operating_point"):  # decided again by the evaluation under test
+        info.pop(key, None)
+    (out / "run.json").write_text(json.dumps(info, indent=2))
+    test = evaluate(out, split="test", reporter=Reporter())
+    tta = json.loads((out / "run.json").read_text()).get("tta")
+    row = {**old[0], "tag": args.tag, "reevaluated_from": args.reevaluate, "tta": tta, **test_fields(test)}
+    row["targets_met"] = {k: (row[f"test_{k}"] or 0) >= v for k, v in row["targets"].items()}
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="*", default=DATASETS)
@@ -40,6 +68,10 @@ def main() -> int:
     ap.add_argument("--runs", default="/tmp/medclassify-bench-runs", help="where the runs are written")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "accuracy.json"))
     ap.add_argument("--tag", default="default", help="label for this recipe in the JSON")
+    ap.add_argument("--reevaluate", metavar="FROM_TAG",
+                    help="train nothing: copy the runs of FROM_TAG and evaluate them again with the current code "
+                         "(e.g. after a change to evaluation); training figures are carried over from FROM_TAG's rows")
+    ap.add_argument("--source-suffix", help="with --reevaluate: the runs are RUNS/<dataset>-SUFFIX (default: FROM_TAG)")
     args = ap.parse_args()
     if not SHARED.is_dir():
         print(f"SKIP: shared datasets not found at {SHARED}; nothing to benchmark.")
@@ -52,12 +84,17 @@ def main() -> int:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     overrides = {k: parse_value(v) for k, v in overrides.items()}
     results = []
+    previous = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else []
     for name in args.datasets:
         data = SHARED / name
         if not data.is_dir():
             print(f"SKIP {name}: {data} not found")
             continue
         out = Path(args.runs) / f"{name}-{args.tag}"
+        if args.reevaluate:
+            results.append(reevaluated_row(name, args, previous, out, evaluate))
+            print(json.dumps(results[-1]), flush=True)
+            continue
         config = TrainConfig(data=str(data), out=str(out), **overrides)
         t0 = time.perf_counter()
         result = train(config, reporter=Reporter(), overwrite=True)
@@ -67,15 +104,13 @@ def main() -> int:
         hist = (result.run_dir / "history.csv").read_text().splitlines()
         rates = [float(line.split(",")[-1]) for line in hist[1:]]
         row = {
-            "dataset": name, "tag": args.tag, "model": config.model, "image_size": config.image_size,
+            "dataset": name, "tag": args.tag, "tta": test["tta"], "model": config.model, "image_size": config.image_size,
             "epochs": result.epochs_run, "best_epoch": result.best_epoch, "train_wall_s": round(result.train_seconds, 1),
             "total_wall_s": round(wall, 1), "cache_build_s": info["timings"]["cache_build_s"],
             "train_images_per_s": round(sum(rates) / len(rates), 1) if rates else None,
             "epoch_seconds": [round(float(line.split(",")[-2]), 1) for line in hist[1:]],
             "val_accuracy": round(result.val_metrics["accuracy"], 4), "val_balanced_accuracy": round(result.val_metrics["balanced_accuracy"], 4),
-            "test_accuracy": round(test["accuracy"], 4), "test_balanced_accuracy": round(test["balanced_accuracy"], 4),
-            "test_macro_f1": round(test["macro_f1"], 4), "test_auc": round(test["auc"], 4) if test["auc"] is not None else None,
-            "test_recall": {c: round(m["recall"], 3) for c, m in test["per_class"].items()},
+            **test_fields(test),
             "config": {k: v for k, v in config.model_dump().items() if k not in ("data", "out")},
             "targets": TARGETS.get(name, {}),
         }
@@ -90,7 +125,6 @@ def main() -> int:
               f"{r['test_balanced_accuracy']:8.4f} {r['test_macro_f1']:8.4f} {r['test_auc'] or 0:7.4f}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(out.read_text()) if out.is_file() else []
     keep = [p for p in previous if (p["dataset"], p["tag"]) not in {(r["dataset"], r["tag"]) for r in results}]
     out.write_text(json.dumps(keep + results, indent=2))
     print(f"written to {out}")

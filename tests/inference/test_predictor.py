@@ -79,14 +79,15 @@ def test_stored_operating_threshold_decides_binary_predictions(tiny_run, tmp_pat
     assert argmax == [p.label for p in plain]
 
 
-def test_tta_averages_the_image_and_its_mirror(tiny_run):
-    p = Predictor(tiny_run, backend="torch")
+def test_tta_averages_the_logits_of_the_image_and_its_mirror(tiny_run):
+    p = Predictor(tiny_run, backend="torch", tta=False)
     paths = [r.path for r in load_run(tiny_run).records("test")[:4]]
     batch = np.stack([p.load(x) for x in paths])
-    plain = p.probabilities(batch)
-    mirrored = p.probabilities(np.ascontiguousarray(batch[:, :, ::-1]))
+    plain = p.logits(p.tensor(batch))
+    mirrored = p.logits(p.tensor(np.ascontiguousarray(batch[:, :, ::-1])))
+    expected = torch.from_numpy((plain + mirrored) / 2 / p.temperature).softmax(1).numpy()
     p.tta = True
-    np.testing.assert_allclose(p.probabilities(batch), (plain + mirrored) / 2, atol=1e-6)
+    np.testing.assert_allclose(p.probabilities(batch), expected, atol=1e-6)
 
 
 def test_version_is_the_weights_hash_and_changes_with_them(tiny_run, tmp_path):

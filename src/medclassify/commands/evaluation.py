@@ -37,6 +37,9 @@ def evaluate(
     metrics = run_eval(run, split=split, data=data, reporter=reporter, target_sensitivity=target_sensitivity,
                        target_specificity=target_specificity, ordinal=ordinal, order=order, n_boot=bootstrap, seed=seed)
     _print(*metrics_table(metrics, f"{metrics['split']} ({metrics['n']} images)"))
+    if metrics.get("tta"):
+        typer.echo("Test-time augmentation: each image averaged with its mirror (it raised validation balanced accuracy; "
+                   "predict and serve do the same).")
     if "ece_uncalibrated" in metrics:
         typer.echo(f"Calibration: temperature {metrics['temperature']:.3f} (fitted on validation, used by predict); "
                    f"ECE {metrics['ece_uncalibrated']:.4f} before, {metrics['ece']:.4f} after.")

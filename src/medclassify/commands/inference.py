@@ -19,7 +19,8 @@ def predict(
     patient_pattern: Optional[str] = typer.Option(None, "--patient-pattern", help="Regex with a named group 'patient' (or preset: kermany, cnmc): also write per-patient probabilities."),
     patient_agg: str = typer.Option("mean", "--patient-agg", help="mean or max of the image probabilities per patient."),
     patients_out: Optional[Path] = typer.Option(None, "--patients-out", help="Per-patient CSV (default: OUT with -patients before .csv)."),
-    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its mirror."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Test-time augmentation: average the image and its "
+                                       "mirror (default: what evaluate chose on the run's validation split)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: predict only part i of n of the sorted inputs (split a large job across machines)."),
     abstain_below: float = typer.Option(0.6, "--abstain-below", help="Flag predictions whose top probability is under this."),
     backend: str = typer.Option("auto", help="auto (ONNX Runtime when the run has model.onnx), onnx, onnx-int8 (after export --int8) or torch."),

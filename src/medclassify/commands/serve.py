@@ -27,6 +27,8 @@ def serve(
     queue: int = typer.Option(32, "--queue", help="Requests allowed to wait; more are answered 503."),
     abstain_below: float = typer.Option(0.6, "--abstain-below", help="Flag answers whose top probability is under this."),
     backend: str = typer.Option("auto", help="auto (ONNX Runtime when exported), onnx, onnx-int8 (after export --int8) or torch."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Average each image with its mirror (twice the work; "
+                                       "default: what evaluate chose on the run's validation split)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime threads per request (default: cores / workers)."),
 ):
     """Serve a run or a cascade over HTTP: REST API (/v1/predict, /v1/explain, /v1/model, /health) and a web page at /."""
@@ -48,7 +50,7 @@ def serve(
     settings = ServeSettings(max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, timeout_s=timeout,
                              workers=per_process, queue=-(-queue // processes), api_key=key)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
-    model_kw = {"backend": backend, "abstain_below": abstain_below, "threads": threads}
+    model_kw = {"backend": backend, "abstain_below": abstain_below, "threads": threads, "tta": tta}
     # Built here even with several processes: a bad run or cascade fails now, in one line, not in N children.
     application = create_app(target, settings, **model_kw)
     import uvicorn

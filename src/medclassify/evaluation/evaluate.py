@@ -22,8 +22,12 @@ from .threshold import check_target, choose_threshold, operating_point
 
 
 def evaluate_records(run: Run, records: list[Record], cache: ImageCache | None = None, reporter: Reporter | None = None,
-                     model: torch.nn.Module | None = None) -> dict:
+                     model: torch.nn.Module | None = None, tta: bool | None = None) -> dict:
+    """Metrics of the run on `records`; `tta` None means the run's own choice (see choose_tta)."""
+    from ..inference.predictor import run_tta
+
     reporter = reporter or Reporter(quiet=True)
+    tta = run_tta(run) if tta is None else tta
     if not records:
         raise DataError("There are no images to evaluate.", "pass a split that has images, or --data FOLDER.")
     index = {c: i for i, c in enumerate(run.classes)}
@@ -37,7 +41,7 @@ def evaluate_records(run: Run, records: list[Record], cache: ImageCache | None =
     if len(readable) < len(records):
         reporter.warn(f"{len(records) - len(readable)} unreadable image(s) left out of the evaluation.")
     model = model or run.build_model()
-    _, logits = predict_rows(model, cache.images, cache.rows([r.path for r in readable]), prep)
+    _, logits = predict_rows(model, cache.images, cache.rows([r.path for r in readable]), prep, tta=tta)
     # Probabilities as predict gives them: with the run's calibration temperature (1 until fitted).
     temperature = run_temperature(run)
     probs = softmax(logits, temperature)
@@ -45,6 +49,7 @@ def evaluate_records(run: Run, records: list[Record], cache: ImageCache | None =
     metrics = compute_metrics(y, probs, run.classes)
     metrics["unreadable"] = len(records) - len(readable)
     metrics["temperature"] = temperature
+    metrics["tta"] = tta
     metrics["predictions"] = {"paths": [r.path for r in readable], "labels": y.tolist(),
                               "probabilities": np.round(probs, 6).tolist(), "logits": np.round(logits, 5).tolist()}
     return metrics
@@ -59,8 +64,10 @@ def validation_logits(run: Run, reporter: Reporter | None = None) -> tuple[np.nd
     records = run.records("val")
     if not records:
         return None
+    from ..inference.predictor import run_tta
+
     saved = run.metrics("val")
-    usable = saved is not None and "logits" in saved.get("predictions", {})
+    usable = saved is not None and "logits" in saved.get("predictions", {}) and bool(saved.get("tta")) == run_tta(run)
     if usable:
         paths = saved["predictions"]["paths"]
         usable = set(paths) <= {r.path for r in records} and len(paths) + saved.get("unreadable", 0) == len(records)
@@ -70,6 +77,33 @@ def validation_logits(run: Run, reporter: Reporter | None = None) -> tuple[np.nd
         run.save_metrics("val", saved)
     pr = saved["predictions"]
     return np.asarray(pr["logits"], dtype=np.float64), np.asarray(pr["labels"], dtype=np.int64)
+
+
+def choose_tta(run: Run, reporter: Reporter | None = None) -> dict:
+    """Decide once, on the validation split, whether flip test-time augmentation helps this run:
+    on when it raises validation balanced accuracy. Stored in run.json ("tta") for evaluate, predict,
+    serve and cascades; the validation metrics of the chosen variant are saved as metrics/val.json."""
+    if run.info.get("tta", {}).get("chosen_on"):
+        return run.info["tta"]
+    records = run.records("val")
+    if not records:
+        choice = {"enabled": False, "chosen_on": "none", "reason": "no validation split"}
+    else:
+        cache = load_cache(records, run.preprocessing, reporter or Reporter(quiet=True))
+        model = run.build_model()
+        without, with_tta = (evaluate_records(run, records, cache, reporter, model, tta=t) for t in (False, True))
+        enabled = with_tta["balanced_accuracy"] > without["balanced_accuracy"]
+        choice = {"enabled": enabled, "chosen_on": "val", "images": without["n"], "method": "horizontal flip, mean logits",
+                  "balanced_accuracy": {"without": without["balanced_accuracy"], "with": with_tta["balanced_accuracy"]}}
+        kept = with_tta if enabled else without
+        kept["split"] = "val"
+        run.save_metrics("val", kept)
+        (reporter or Reporter(quiet=True)).info(
+            f"Test-time augmentation (flip) {'on' if enabled else 'off'}: validation balanced accuracy "
+            f"{without['balanced_accuracy']:.3f} without, {with_tta['balanced_accuracy']:.3f} with.")
+    run.info["tta"] = choice
+    write_json(run.path / "run.json", run.info)
+    return choice
 
 
 def calibrate(run: Run, reporter: Reporter | None = None) -> dict | None:
@@ -176,6 +210,7 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
             raise RunError(f"Run {run.path} has no {split!r} split (it has: {', '.join(have)}).",
                            "pass --split with one of those, or --data FOLDER with labelled images.")
     if calibrate_first:
+        choose_tta(run, reporter)
         calibrate(run, reporter)
     metrics = evaluate_records(run, records, reporter=reporter)
     metrics["split"] = name

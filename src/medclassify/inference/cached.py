@@ -26,8 +26,10 @@ def predict_rows(
     batch_size: int = 64,
     device: torch.device = torch.device("cpu"),
     amp_dtype: torch.dtype | None = None,
+    tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (probabilities, logits) as float32 arrays of shape (len(rows), num_classes)."""
+    """Returns (probabilities, logits) as float32 arrays of shape (len(rows), num_classes). With
+    `tta`, the logits are the mean of the image's and its horizontal mirror's (as the Predictor's)."""
     model.eval()
     probs, logits = [], []
     order = np.argsort(rows, kind="stable")  # sequential memmap reads, results put back in order
@@ -36,6 +38,8 @@ def predict_rows(
         x = prep(images[rows[idx]]).to(device, non_blocking=True)
         with autocast_context(device, amp_dtype):
             out = model(x).float()
+            if tta:
+                out = (out + model(x.flip(3)).float()) / 2
         logits.append(out.cpu())
         probs.append(out.softmax(1).cpu())
     if not rows.size:

@@ -155,7 +155,7 @@ class Cascade:
     """A loaded cascade: one Predictor per stage, checked against the routes."""
 
     def __init__(self, spec: CascadeSpec | str | Path, backend: str = "auto",
-                 abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, threads: int | None = None):
+                 abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, threads: int | None = None, tta: bool | None = None):
         self.spec = spec if isinstance(spec, CascadeSpec) else read_cascade(spec)
         self.predictors: dict[str, Predictor] = {}
         for s in self.spec.stages.values():
@@ -168,7 +168,7 @@ class Cascade:
             if unknown:
                 raise _err(self.spec.path, f"stage '{s.name}' routes class(es) {', '.join(unknown)} that run {s.run} "
                            f"does not have (it has: {', '.join(run.classes)}).", "fix the class names under route.")
-            self.predictors[s.name] = Predictor(run, backend=backend, abstain_below=abstain_below, threads=threads)
+            self.predictors[s.name] = Predictor(run, backend=backend, abstain_below=abstain_below, threads=threads, tta=tta)
         self.labels = self.spec.final_labels(lambda s: self.predictors[s.name].classes)
 
     def describe(self) -> dict:

@@ -74,14 +74,16 @@ def _onnxruntime_available() -> bool:
 
 class Predictor:
     def __init__(self, run: Run | str | Path, batch_size: int = 32, backend: Backend = "auto",
-                 abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, tta: bool = False, threads: int | None = None,
+                 abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, tta: bool | None = None, threads: int | None = None,
                  use_operating_point: bool = True):
         self.run = run if isinstance(run, Run) else load_run(run)
         self.prep = self.run.preprocessing
         self.classes = self.run.classes
         self.batch_size = batch_size
         self.abstain_below = abstain_below
-        self.tta = tta
+        # None: what `evaluate` chose on the validation split (run.json "tta"), so predictions match
+        # the reported metrics; off for runs not evaluated yet.
+        self.tta = run_tta(self.run) if tta is None else tta
         self.temperature = float(self.run.info.get("calibration", {}).get("temperature", 1.0))
         # `evaluate --target-sensitivity/--target-specificity` stores a threshold chosen on validation;
         # every entry point (predict, serve, cascade) then decides with it instead of argmax.
@@ -146,16 +148,15 @@ class Predictor:
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, C) uint8 already preprocessed -> (N, K) probabilities (temperature-scaled;
-        with TTA, the mean over the image and its horizontal mirror)."""
+        with TTA, from the mean logits of the image and its horizontal mirror, as in evaluation)."""
         x = self.tensor(batch)
         if self.tta:
             x = torch.cat([x, x.flip(3)])
-        z = torch.from_numpy(self.logits(x)) / self.temperature
-        p = z.softmax(1).numpy()
+        z = torch.from_numpy(self.logits(x))
         if self.tta:
             n = len(batch)
-            p = (p[:n] + p[n:]) / 2
-        return p
+            z = (z[:n] + z[n:]) / 2
+        return (z / self.temperature).softmax(1).numpy()
 
     def predict_array(self, pixels: np.ndarray, path: str | None = None) -> Prediction:
         arr = array_for_model(pixels, self.prep.image_size, self.prep.resize, self.prep.channels)
@@ -208,6 +209,11 @@ class Predictor:
                 if on_batch:
                     on_batch(len(done))
         return out
+
+
+def run_tta(run: Run) -> bool:
+    """Whether the run's evaluation chose flip test-time augmentation on its validation split."""
+    return bool((run.info.get("tta") or {}).get("enabled", False))
 
 
 def _ort_session(path: Path, threads: int | None):
@@ -279,7 +285,7 @@ def take_shard(paths: Sequence[str], shard: tuple[int, int] | None) -> list[str]
 
 
 def predict_files(run: Run | str | Path, inputs: Iterable[str | Path] | str | Path, out: str | Path | None = None,
-                  reporter: Reporter | None = None, *, backend: Backend = "auto", tta: bool = False,
+                  reporter: Reporter | None = None, *, backend: Backend = "auto", tta: bool | None = None,
                   abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, shard: str | tuple[int, int] | None = None,
                   batch_size: int = 32) -> list[Prediction]:
     """Predict every image in `inputs`; write a CSV (path, predicted, prob_<class>..., abstain, error) to `out`."""

@@ -45,17 +45,17 @@ def _metric_summary(metrics: dict | None) -> dict | None:
 
 class ServedModel:
     def __init__(self, target: str | Path, backend: str = "auto", abstain_below: float | None = DEFAULT_ABSTAIN_BELOW,
-                 threads: int | None = None):
+                 threads: int | None = None, tta: bool | None = None):
         target = Path(target)
         self.target = target
         if target.suffix.lower() in (".yaml", ".yml"):
-            self.cascade: Cascade | None = Cascade(target, backend=backend, abstain_below=abstain_below, threads=threads)
+            self.cascade: Cascade | None = Cascade(target, backend=backend, abstain_below=abstain_below, threads=threads, tta=tta)
             self.predictor = None
             self.classes = self.cascade.labels
             self.version = self.cascade.version
         else:
             self.cascade = None
-            self.predictor = Predictor(target, backend=backend, abstain_below=abstain_below, threads=threads)
+            self.predictor = Predictor(target, backend=backend, abstain_below=abstain_below, threads=threads, tta=tta)
             self.classes = self.predictor.classes
             self.version = self.predictor.version
         self.can_explain = explain_available()
