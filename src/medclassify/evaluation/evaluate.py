@@ -79,7 +79,7 @@ def validation_logits(run: Run, reporter: Reporter | None = None) -> tuple[np.nd
     return np.asarray(pr["logits"], dtype=np.float64), np.asarray(pr["labels"], dtype=np.int64)
 
 
-def choose_tta(run: Run, reporter: Reporter | None = None) -> dict:
+def choose_tta(run: Run, reporter: Reporter | None = None, cache: ImageCache | None = None) -> dict:
     """Decide once, on the validation split, whether flip test-time augmentation helps this run:
     on when it raises validation balanced accuracy. Stored in run.json ("tta") for evaluate, predict,
     serve and cascades; the validation metrics of the chosen variant are saved as metrics/val.json."""
@@ -89,7 +89,7 @@ def choose_tta(run: Run, reporter: Reporter | None = None) -> dict:
     if not records:
         choice = {"enabled": False, "chosen_on": "none", "reason": "no validation split"}
     else:
-        cache = load_cache(records, run.preprocessing, reporter or Reporter(quiet=True))
+        cache = cache or load_cache(records, run.preprocessing, reporter or Reporter(quiet=True))
         model = run.build_model()
         without, with_tta = (evaluate_records(run, records, cache, reporter, model, tta=t) for t in (False, True))
         enabled = with_tta["balanced_accuracy"] > without["balanced_accuracy"]

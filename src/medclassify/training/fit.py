@@ -325,7 +325,7 @@ def sigterm_as_exit():
 
 
 def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter) -> TrainResult:
-    from ..evaluation.evaluate import evaluate_records
+    from ..evaluation.evaluate import choose_tta
 
     t0 = time.perf_counter()
     data = prepare(config.data, image_size=config.image_size, resize=config.resize, channels=config.channels,
@@ -365,8 +365,9 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
     })
     write_json(writer.path / "run.json", info)
     run = load_run(writer.path)
-    val = evaluate_records(run, data.split("val"), cache=data.cache, reporter=reporter)
-    run.save_metrics("val", val)
-    result.val_metrics = val
+    # Decided here, once, on validation, so every later use of the run (evaluate, predict, serve) agrees;
+    # the validation metrics of the chosen variant are saved as metrics/val.json.
+    choose_tta(run, reporter, cache=data.cache)
+    result.val_metrics = run.metrics("val")
     result.run_dir = writer.commit()
     return result
