@@ -100,6 +100,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=2, help="server --workers")
     ap.add_argument("--processes", type=int, default=2, help="server --processes")
+    ap.add_argument("--tta", action="store_true", help="server --tta (default --no-tta: one forward pass per request)")
     ap.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8"],
                     help="server --backend; onnx-int8 quantises the run first (export --int8)")
     args = ap.parse_args()
@@ -121,7 +122,7 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     server = subprocess.Popen([sys.executable, "-c", "import sys; from medclassify.cli import main; sys.exit(main(sys.argv[1:]))",
                                "serve", str(run), "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
-                               "--processes", str(args.processes),
+                               "--processes", str(args.processes), "--tta" if args.tta else "--no-tta",
                                "--backend", args.backend],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
@@ -199,7 +200,7 @@ def main() -> int:
     after5 = [m for s, m in rss if s >= 5.0]
     growth = (after5[-1] - after5[0]) / after5[0] if len(after5) >= 2 else float("nan")
     result = {
-        "run": str(run), "origin": origin, "clients": args.clients, "seconds": wall, "server_workers": args.workers, "server_processes": args.processes, "backend": args.backend,
+        "run": str(run), "origin": origin, "clients": args.clients, "seconds": wall, "server_workers": args.workers, "server_processes": args.processes, "tta": args.tta, "backend": args.backend,
         "requests": int(len(lat) + len(errors)), "errors": len(errors), "first_errors": errors[:5],
         "requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
         "p99_ms": float(np.percentile(lat, 99)), "rss_mb_at_5s": after5[0] if after5 else None,
