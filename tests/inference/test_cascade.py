@@ -6,7 +6,7 @@ import pytest
 from medclassify.cli import main
 from medclassify.data.synthetic import generate_dataset
 from medclassify.errors import ConfigError
-from medclassify.inference.cascade import Cascade, evaluate_cascade, read_cascade
+from medclassify.inference.cascade import Cascade, read_cascade
 
 STAGES = """
 train: {model: seed_cnn, image_size: 32, epochs: 1, time_budget: off, batch_size: 16, augment: light, early_stopping: 0}

@@ -256,7 +256,7 @@ def dedupe(records: list[Record], report: dict) -> tuple[list[Record], dict[str,
 
 def summary_lines(report: dict) -> list[str]:
     """The console summary: one line per finding, problems first."""
-    s, lines = report["summary"], []
+    lines: list[str] = []
     counts = ", ".join(f"{split}: " + " ".join(f"{c} {n}" for c, n in cls.items()) for split, cls in report["counts"].items())
     lines.append(f"{report['images']} images, {len(report['classes'])} classes ({counts}).")
     lk = report["leakage"]
