@@ -23,7 +23,7 @@ def serve(
     workers: int = typer.Option(2, "--workers", help="Requests computed at once (over all processes)."),
     processes: int = typer.Option(1, "--processes", help="Server processes sharing the port and the workers. Python "
                                   "serialises one process's request handling: on 2 cores, --processes 2 served about "
-                                  "1.2-1.4x more requests (each process holds its own copy of the model)."),
+                                  "1.1-1.5x more requests (each process holds its own copy of the model)."),
     queue: int = typer.Option(32, "--queue", help="Requests allowed to wait; more are answered 503."),
     abstain_below: float = typer.Option(0.6, "--abstain-below", help="Flag answers whose top probability is under this."),
     backend: str = typer.Option("auto", help="auto (ONNX Runtime when exported), onnx, onnx-int8 (after export --int8) or torch."),
