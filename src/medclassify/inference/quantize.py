@@ -55,7 +55,8 @@ def quantize_int8(run: Run | str | Path, reporter: Reporter | None = None, max_d
         raise RunError(f"Run {run.path} has no up-to-date model.onnx to quantise.",
                        f"export it first: medclassify export {run.path} --format onnx.")
     cal_paths = _sample([p for p, _ in _existing(run, "train")], calibration)
-    checked = _existing(run, "val") or _existing(run, "test")
+    check_split = "val" if _existing(run, "val") else "test"
+    checked = _existing(run, check_split)
     if not cal_paths or not checked:
         raise RunError(f"Run {run.path} lists no training or validation image that still exists.",
                        "restore the dataset the run was trained on; int8 ranges and accuracy are measured on it.")
@@ -103,7 +104,7 @@ def quantize_int8(run: Run | str | Path, reporter: Reporter | None = None, max_d
     section = {
         "file": INT8_FILE, "weights_version": version, "format": "QOperator, per-channel int8 weights, uint8 activations",
         "calibration_images": len(cal_paths), "calibration_split": "train",
-        "check": {"split": "val" if _existing(run, "val") else "test", "images": len(checked),
+        "check": {"split": check_split, "images": len(checked),
                   "accuracy_float": acc_float, "accuracy_int8": acc_int8,
                   "agreement": float((p_float.argmax(1) == p_int8.argmax(1)).mean()),
                   "max_abs_probability_diff": float(np.abs(p_float - p_int8).max()),
