@@ -24,6 +24,7 @@ from ..data.images import UnreadableImage, array_for_model, is_image_file, load_
 from ..errors import ConfigError, DataError
 from ..reporting import Reporter
 from ..run import Run, load_run
+from .quantize import INT8_FILE, int8_is_current
 
 # A prediction whose top probability is under this is flagged `abstain` (configurable everywhere).
 DEFAULT_ABSTAIN_BELOW = 0.6
@@ -81,8 +82,8 @@ class Predictor:
         self.classes = self.run.classes
         self.batch_size = batch_size
         self.abstain_below = abstain_below
-        # None: what `evaluate` chose on the validation split (run.json "tta"), so predictions match
-        # the reported metrics; off for runs not evaluated yet.
+        # None: what the run chose on its validation split (run.json "tta", set by train, or by
+        # evaluate for older runs), so predictions match the reported metrics.
         self.tta = run_tta(self.run) if tta is None else tta
         self.temperature = float(self.run.info.get("calibration", {}).get("temperature", 1.0))
         # `evaluate --target-sensitivity/--target-specificity` stores a threshold chosen on validation;
@@ -101,8 +102,6 @@ class Predictor:
             raise ConfigError(f"Run {self.run.path} has no up-to-date model.onnx.",
                               f"export it first: medclassify export {self.run.path} --format onnx.")
         if backend == "onnx-int8":
-            from .quantize import INT8_FILE, int8_is_current
-
             if not int8_is_current(self.run, self.version):
                 raise ConfigError(f"Run {self.run.path} has no up-to-date {INT8_FILE}.",
                                   f"quantise it first: medclassify export {self.run.path} --format onnx --int8.")
@@ -111,8 +110,6 @@ class Predictor:
         self._model: torch.nn.Module | None = None
         self.session = None
         if use_onnx:
-            from .quantize import INT8_FILE
-
             self.session = _ort_session(self.run.path / (INT8_FILE if backend == "onnx-int8" else "model.onnx"), threads)
             self._input_name = self.session.get_inputs()[0].name
         else:
