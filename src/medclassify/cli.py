@@ -42,7 +42,7 @@ def train(
     scheduler: str = typer.Option(None, help="cosine, step or constant (after warm-up)."),
     augment: str = typer.Option(None, help="Augmentation preset: none, light, medical, robust."),
     resize: str = typer.Option(None, help="pad (keep aspect ratio) or squash."),
-    normalize: str = typer.Option(None, help="fixed (model mean/std) or per-image standardisation."),
+    normalize: str = typer.Option(None, help="fixed (model mean/std), per-image standardisation, or equalize (per-image histogram equalisation, then fixed)."),
     channels: str = typer.Option(None, help="auto, 1 or 3."),
     imbalance: str = typer.Option(None, help="none, weights, sqrt-weights or sampler."),
     label_smoothing: float = typer.Option(None, "--label-smoothing"),

@@ -26,7 +26,7 @@ class TrainConfig(BaseModel):
     image_size: int = DEFAULT_IMAGE_SIZE
     resize: Literal["pad", "squash"] = "pad"
     channels: Literal["auto", 1, 3] = "auto"
-    normalize: Literal["fixed", "per-image"] = "fixed"
+    normalize: Literal["fixed", "per-image", "equalize"] = "fixed"
     augment: str = "medical"
     epochs: int = Field(DEFAULT_MAX_EPOCHS, ge=1)
     time_budget: float | None = DEFAULT_TIME_BUDGET  # seconds of training; sizes the epochs

@@ -20,8 +20,10 @@ class Preprocessing(BaseModel):
     mean: list[float]
     std: list[float]
     # "fixed": (x - mean) / std with the values above; "per-image": each image standardised by its
-    # own mean and std, which removes scanner-to-scanner brightness and contrast differences.
-    normalize: Literal["fixed", "per-image"] = "fixed"
+    # own mean and std, which removes scanner-to-scanner brightness and contrast differences;
+    # "equalize": each image's histogram equalised (any monotonic change of brightness, contrast or
+    # gamma gives the same input), then the fixed mean and std.
+    normalize: Literal["fixed", "per-image", "equalize"] = "fixed"
 
     def to_tensor(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [0, 1], channels_last memory."""
@@ -40,12 +42,27 @@ class Preprocessing(BaseModel):
             mu = x.mean(dim=(1, 2, 3), keepdim=True)
             sd = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
             return (x - mu) / sd
+        if self.normalize == "equalize":
+            x = equalize(x)
         mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
         return (x - mean) / std
 
     def __call__(self, batch: np.ndarray) -> torch.Tensor:
         return self.normalise(self.to_tensor(batch))
+
+
+def equalize(x: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """Histogram equalisation of each image of a float [0, 1] (N, C, H, W) batch over all its
+    channels, as OpenCV's equalizeHist: level v -> (cdf(v) - cdf(darkest)) / (n - cdf(darkest)), so
+    the darkest level present (background, padding) stays 0 however much of the image it covers."""
+    n = x.shape[0]
+    q = (x.clamp(0, 1) * (levels - 1)).round().long().reshape(n, -1)
+    hist = torch.zeros(n, levels, dtype=torch.float32).scatter_add_(1, q, torch.ones_like(q, dtype=torch.float32))
+    cdf = hist.cumsum(1)
+    darkest = cdf.gather(1, (hist > 0).float().argmax(1, keepdim=True))
+    lut = ((cdf - darkest) / (cdf[:, -1:] - darkest).clamp_min(1)).clamp_min(0)
+    return lut.gather(1, q).reshape(x.shape).to(x.dtype).contiguous(memory_format=torch.channels_last)
 
 
 def channel_stats(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[list[float], list[float]]:
