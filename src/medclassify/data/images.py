@@ -14,24 +14,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+from .formats import EXTENSIONS as IMAGE_EXTENSIONS, MAX_PIXELS, UnreadableImage, is_candidate
+
 RESIZE_MODES = ("pad", "squash")
-# Largest image we agree to decode; beyond it Pillow's own bomb check would fire anyway.
-MAX_PIXELS = 120_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # Images inside a MedMNIST .npz are addressed as "<file.npz>::<split>::<row>".
 NPZ_SEPARATOR = "::"
 # Channels whose values differ by at most this are treated as one grey channel (JPEG chroma noise).
 GRAY_TOLERANCE = 3
-
-
-class UnreadableImage(Exception):
-    """A file that cannot be decoded; `reason` is a short human-readable cause."""
-
-    def __init__(self, path: Path | str, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -43,7 +33,7 @@ class ImageInfo:
 
 
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return is_candidate(path)
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
