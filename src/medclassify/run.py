@@ -29,7 +29,7 @@ from .errors import RunError
 from .io import read_json_object
 
 FORMAT_VERSION = 1
-DAMAGED = "the run was edited or damaged: restore it from a backup, or train the run again."
+DAMAGED = "run.json was edited or damaged: restore it from a backup, or train the run again."
 
 
 class _Open(BaseModel):
@@ -186,7 +186,7 @@ def load_run(path: str | Path) -> Run:
         if path.exists():
             raise RunError(f"{path} is not a medclassify run directory (no run.json).", hint)
         raise RunError(f"Run directory {path} does not exist.", hint)
-    info = read_json_object(info_path, "run record (run.json)", DAMAGED)
+    info = read_json_object(info_path, "run record", DAMAGED)
     return Run(path, info, validate_run_info(info, info_path))
 
 

@@ -92,8 +92,6 @@ class Predictor:
         op = self.run.info.get("operating_point") if len(self.classes) == 2 else None
         self.operating_point = op if use_operating_point and op and op.get("positive_class") in self.classes else None
         if not (self.run.path / "model.safetensors").is_file():
-            from ..errors import RunError
-
             raise RunError(f"Run {self.run.path} has no model.safetensors.", "the run is incomplete: train it again.")
         self.version = weights_hash(self.run.path)
         if backend not in BACKENDS:
