@@ -149,6 +149,18 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
     assert err.strip() == "interrupted (Ctrl-C)"
 
 
+def test_an_os_error_with_a_path_is_one_line(monkeypatch, capsys):
+    """The safety net under the library's own checks: a path the OS refused, named in one line."""
+    import medclassify.models as models
+
+    def refused():
+        raise PermissionError(13, "Permission denied", "/somewhere/locked")
+
+    monkeypatch.setattr(models, "list_models", refused)
+    assert main(["models"]) == 2
+    assert_one_line(capsys.readouterr().err, 2, "/somewhere/locked", "Permission denied")
+
+
 def test_predict_exits_2_when_nothing_could_be_predicted(tiny_run, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     for name in ("a.png", "b.jpg"):

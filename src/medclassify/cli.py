@@ -154,15 +154,16 @@ def demo(
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """The console script. Typer (0.29) bundles its own copy of Click, whose exceptions all derive
-    from `typer.TyperException`; the command is invoked here rather than through Typer's standalone
-    mode, which would print a traceback-free but boxed error, and would turn Ctrl-C into a silent 130."""
-    from .commands import register_all
-
-    register_all()
-    command = typer.main.get_command(app)
+    """The console script. Typer 0.29 bundles its own copy of Click, whose exceptions all derive from
+    `typer.TyperException` (a check for `click.ClickException` misses them: that was a traceback for
+    every parser error). The command is invoked here directly: `app(standalone_mode=False)` would turn
+    Ctrl-C into a silent 130, and standalone mode calls sys.exit with rich-boxed errors."""
     args = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
+        from .commands import register_all
+
+        register_all()
+        command = typer.main.get_command(app)
         with command.make_context("medclassify", args) as ctx:
             status = command.invoke(ctx)
     except MedClassifyError as e:
@@ -186,6 +187,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BrokenPipeError:  # `medclassify models | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1
+    except OSError as e:
+        if e.filename is None:
+            raise
+        # A safety net: the library reports the paths it knows about as MedClassifyErrors first.
+        typer.echo(f"error: {e.filename}: {e.strerror or e}. Fix: check the path, its permissions and the free disk space.",
+                   err=True)
+        return 2
     return status if isinstance(status, int) else 0
 
 
