@@ -18,15 +18,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .data.preprocessing import Preprocessing
 from .data.sources import Record
+from . import io
 from .errors import RunError
-from .io import read_json_object
 
 FORMAT_VERSION = 1
 DAMAGED = "run.json was edited or damaged: restore it from a backup, or train the run again."
@@ -62,9 +62,9 @@ class RunRecord(_Open):
     classes: list[str] = Field(min_length=2)
     preprocessing: Preprocessing
     config: RunConfigRecord
-    calibration: Optional[CalibrationRecord] = None
-    operating_point: Optional[OperatingPointRecord] = None
-    tta: Optional[TTARecord] = None
+    calibration: CalibrationRecord | None = None
+    operating_point: OperatingPointRecord | None = None
+    tta: TTARecord | None = None
 
     @field_validator("classes")
     @classmethod
@@ -149,7 +149,7 @@ class Run:
 
     def metrics(self, split: str) -> dict | None:
         p = self.path / "metrics" / f"{split}.json"
-        return read_json_object(p, "metrics file", f"delete it and run `medclassify evaluate {self.path}` again.") if p.is_file() else None
+        return io.read_json_object(p, "metrics file", f"delete it and run `medclassify evaluate {self.path}` again.") if p.is_file() else None
 
     def save_metrics(self, split: str, metrics: dict) -> Path:
         if split != "external":  # the run's own splits carry the audit's leakage/conflict warnings
@@ -186,7 +186,7 @@ def load_run(path: str | Path) -> Run:
         if path.exists():
             raise RunError(f"{path} is not a medclassify run directory (no run.json).", hint)
         raise RunError(f"Run directory {path} does not exist.", hint)
-    info = read_json_object(info_path, "run record", DAMAGED)
+    info = io.read_json_object(info_path, "run record", DAMAGED)
     return Run(path, info, validate_run_info(info, info_path))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..data.images import UnreadableImage, array_for_model, is_image_file, load_for_model
-from ..errors import ConfigError, DataError, RunError
+from ..errors import ConfigError, DataError
 from ..reporting import Reporter
 from ..run import Run, load_run
 from .quantize import INT8_FILE, int8_is_current
@@ -92,6 +92,8 @@ class Predictor:
         op = self.run.info.get("operating_point") if len(self.classes) == 2 else None
         self.operating_point = op if use_operating_point and op and op.get("positive_class") in self.classes else None
         if not (self.run.path / "model.safetensors").is_file():
+            from ..errors import RunError
+
             raise RunError(f"Run {self.run.path} has no model.safetensors.", "the run is incomplete: train it again.")
         self.version = weights_hash(self.run.path)
         if backend not in BACKENDS:
@@ -110,6 +112,8 @@ class Predictor:
         self.session = None
         self.fallback: str | None = None  # why the auto backend fell back to PyTorch (a damaged model.onnx)
         if use_onnx:
+            from ..errors import RunError
+
             try:
                 self.session = _ort_session(self.run.path / (INT8_FILE if backend == "onnx-int8" else "model.onnx"), threads)
             except RunError as e:
@@ -222,6 +226,8 @@ def run_tta(run: Run) -> bool:
 
 def _ort_session(path: Path, threads: int | None):
     """An ONNX Runtime session, or a RunError naming the file when it cannot be loaded."""
+    from ..errors import RunError
+
     try:
         return _open_session(path, threads)
     except Exception as e:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...) share no base but Exception
