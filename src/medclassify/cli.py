@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from . import __version__
 from .errors import MedClassifyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and use medical image classifiers from a folder of labelled images.")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"medclassify {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    pass
 
 
 def _reporter(quiet: bool = False):
@@ -64,9 +78,11 @@ def train(
     folds: int = typer.Option(None, "--folds", help="Group k-fold cross-validation: K runs under OUT/fold_k and OUT/cv_summary.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE for any training setting, e.g. --set seed=1 "
+                                              "--set warmup_epochs=1 (repeatable; see run.json's config for the keys)."),
 ):
     """Train a classifier and write a self-contained run directory."""
-    from .config import TrainConfig, parse_duration
+    from .config import TrainConfig, parse_duration, parse_overrides
 
     given = {k: v for k, v in dict(
         model=model, epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr, optimizer=optimizer,
@@ -80,7 +96,8 @@ def train(
         given["channels"] = channels if channels == "auto" else int(channels) if channels.isdigit() else channels
     if time_budget is not None:
         given["time_budget"] = parse_duration(time_budget)
-    elif epochs is not None:
+    given.update(parse_overrides(set_ or [], given))
+    if "epochs" in given and "time_budget" not in given:
         given["time_budget"] = None  # an explicit epoch count is honoured exactly
     config = _config(TrainConfig, data=str(data), out=str(out), **given)
     from .evaluation.tables import metrics_table
@@ -111,9 +128,6 @@ def _config(cls, **values):
 
 
 @app.command()
-
-
-@app.command()
 def models(all_timm: bool = typer.Option(False, "--timm", help="Also list every timm architecture.")):
     """List the model names train accepts."""
     from .models import get_spec, list_models
@@ -140,29 +154,46 @@ def demo(
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .commands import register_all
-
-    register_all()
+    """The console script. Typer 0.29 bundles its own copy of Click, whose exceptions all derive from
+    `typer.TyperException` (a check for `click.ClickException` misses them: that was a traceback for
+    every parser error). The command is invoked here directly: `app(standalone_mode=False)` would turn
+    Ctrl-C into a silent 130, and standalone mode calls sys.exit with rich-boxed errors."""
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
-        status = app(args=argv, standalone_mode=False)  # typer.Exit(n) comes back as n here
+        from .commands import register_all
+
+        register_all()
+        command = typer.main.get_command(app)
+        with command.make_context("medclassify", args) as ctx:
+            status = command.invoke(ctx)
     except MedClassifyError as e:
         typer.echo(f"error: {e}", err=True)
         return 2
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        typer.echo("interrupted (Ctrl-C)", err=True)
         return 130
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            return e.exit_code
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            typer.echo("aborted", err=True)
-            return 1
-        raise
+    except typer.Exit as e:  # --help, --version, typer.Exit(n) from a command
+        return e.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 1
+    except typer.TyperException as e:  # Click's usage errors: the usage line, a hint, one error line
+        show = getattr(e, "show", None)
+        if show is not None:
+            show()
+        else:
+            typer.echo(f"Error: {e.format_message()}", err=True)
+        return int(getattr(e, "exit_code", 2))
+    except BrokenPipeError:  # `medclassify models | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
+    except OSError as e:
+        if e.filename is None:
+            raise
+        # A safety net: the library reports the paths it knows about as MedClassifyErrors first.
+        typer.echo(f"error: {e.filename}: {e.strerror or e}. Fix: check the path, its permissions and the free disk space.",
+                   err=True)
+        return 2
     return status if isinstance(status, int) else 0
 
 

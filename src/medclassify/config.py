@@ -89,3 +89,47 @@ def parse_duration(text: str | float | int | None) -> float | None:
         raise ConfigError(f"Cannot read time budget {text!r}.", "write it like 15m, 90s or 1h30m.")
     mult = {"h": 3600, "m": 60, "min": 60, "s": 1, "sec": 1}
     return sum(float(a) * mult[b] for a, b in parts)
+
+
+def parse_overrides(pairs: list[str], given: dict | None = None) -> dict:
+    """`--set KEY=VALUE` pairs -> TrainConfig values, each coerced to its field's type (pydantic;
+    a JSON literal when the plain string does not fit, 'none' for an optional setting). The model
+    as a whole is validated later, with the other flags."""
+    import difflib
+    import json
+
+    from pydantic import TypeAdapter, ValidationError
+
+    fields = {k: f for k, f in TrainConfig.model_fields.items() if k not in ("data", "out")}
+    out: dict = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not key:
+            raise ConfigError(f"Cannot read --set {pair!r}.", "write it as KEY=VALUE, e.g. --set seed=1.")
+        if key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+            fix = f"did you mean --set {near[0]}={value}?" if near else f"use one of: {', '.join(fields)}."
+            raise ConfigError(f"Unknown setting {key!r} in --set {pair}.", fix)
+        if key in out or (given and key in given):
+            raise ConfigError(f"{key} is given twice (--set {pair} and another flag).", "give each setting once.")
+        if key == "time_budget":
+            out[key] = parse_duration(value)
+            continue
+        adapter = TypeAdapter(fields[key].annotation)
+        candidates: list = [value]
+        if value.strip().lower() in ("none", "null"):
+            candidates.insert(0, None)
+        try:
+            candidates.append(json.loads(value))
+        except ValueError:
+            pass
+        for c in candidates:
+            try:
+                out[key] = adapter.validate_python(c)
+                break
+            except ValidationError as e:
+                first = e.errors()[0]["msg"]
+        else:
+            raise ConfigError(f"Invalid --set {pair}: {first}.", f"see `medclassify train --help` for {key.replace('_', '-')}.")
+    return out

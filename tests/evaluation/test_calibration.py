@@ -39,8 +39,9 @@ def test_temperature_is_stored_atomically_and_used_by_predict(run_copy):
     from medclassify.run import load_run
 
     run = load_run(run_copy)
+    before = sorted(p.name for p in run_copy.iterdir())
     save_temperature(run, 2.5, "val", 100, 0.2, 0.05)
     info = json.loads((run_copy / "run.json").read_text())
     assert info["calibration"]["temperature"] == 2.5
-    assert not list(run_copy.glob("*.tmp"))
+    assert sorted(p.name for p in run_copy.iterdir()) == before  # no temporary left, whatever its name
     assert Predictor(run_copy).temperature == 2.5

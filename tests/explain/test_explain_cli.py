@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 from PIL import Image
 
@@ -17,11 +19,15 @@ def test_explain_one_image_of_another_size_and_channel_count(tiny_run, tmp_path,
 
 
 def test_explain_a_folder_in_batch(tiny_run, small_dataset, tmp_path, capsys):
-    folder = small_dataset / "test" / "lesion"
-    (tmp_path / "broken.png").write_bytes(b"not an image")
-    assert main(["explain", str(tiny_run), str(folder), "--out", str(tmp_path / "cams"), "--target", "lesion", "-q"]) == 0
-    written = sorted((tmp_path / "cams").glob("*.png"))
-    assert len(written) == len(list(folder.glob("*.png")))
+    """Every readable image of the folder explained; an unreadable one counted, not fatal."""
+    folder = tmp_path / "in"
+    shutil.copytree(small_dataset / "test" / "lesion", folder)
+    good = sorted(p.stem for p in folder.glob("*.png"))
+    (folder / "broken.png").write_bytes(b"not an image")
+    assert main(["explain", str(tiny_run), str(folder), "--out", str(tmp_path / "cams"), "--target", "lesion"]) == 0
+    written = sorted(p.name for p in (tmp_path / "cams").glob("*.png"))
+    assert good and written == [f"{stem}_gradcam.png" for stem in good]
+    assert f"1 of {len(good) + 1} image(s) could not be read" in capsys.readouterr().err
 
 
 def test_explain_errors_are_one_line(tiny_run, tmp_path, capsys):

@@ -56,28 +56,39 @@ def test_timm_cnn_heatmap():
 
 
 class SingleLogit(nn.Module):
-    """A binary head with one logit: positive evidence = the image's brightness in the top-left."""
+    """A binary head with one logit: brightness is evidence for class 1, darkness for class 0.
+    Channel 0 of the target layer fires on bright pixels, channel 1 on dark ones, so the two
+    classes' evidence lies in different places of the feature maps (with a uniform image, or one
+    channel, Grad-CAM's channel-mean weights could not localise anything)."""
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        nn.init.constant_(self.conv.weight, 0.1)
-        nn.init.zeros_(self.conv.bias)
+        self.conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.conv.weight[0].fill_(0.1)
+            self.conv.weight[1].fill_(-0.1)
         self.relu = nn.ReLU()
 
     def forward(self, x):
-        a = self.relu(self.conv(x))
-        mask = torch.zeros_like(a)
-        mask[..., :32, :32] = 1
-        return (a * mask).mean((1, 2, 3)).unsqueeze(1)
+        a = self.relu(self.conv(x)).mean((2, 3))
+        return (a[:, 0] - a[:, 1]).unsqueeze(1)
 
 
 def test_single_logit_binary_head():
+    """Class 1's map points at the bright quadrant, class 0's at the dark one. Either assertion fails
+    when the channel weights ignore the gradient (uniform weights light up both quadrants) or when
+    class 0 is not explained with -logit (then both maps point at the bright quadrant)."""
     model = SingleLogit().eval()
-    img = np.full((64, 64, 1), 200, np.uint8)
-    expl = GradCAM(model, PREP, layer="relu").explain(img, 1)
-    assert expl.probabilities.shape == (2,)
-    assert expl.heatmap[:32, :32].mean() > expl.heatmap[32:, 32:].mean()
+    img = np.full((64, 64, 1), 128, np.uint8)  # the mean: no evidence either way
+    img[:32, :32] = 230  # bright top-left
+    img[32:, 32:] = 20  # dark bottom-right
+    cam = GradCAM(model, PREP, layer="relu")
+    bright, dark = (slice(4, 28), slice(4, 28)), (slice(36, 60), slice(36, 60))  # away from the blur at the edges
+    for target, lit, unlit in ((1, bright, dark), (0, dark, bright)):
+        expl = cam.explain(img, target)
+        assert expl.probabilities.shape == (2,)
+        assert expl.heatmap[lit].mean() > 0.9 and expl.heatmap[unlit].mean() < 0.1, (target, expl.heatmap[lit].mean(),
+                                                                                      expl.heatmap[unlit].mean())
 
 
 def test_the_gradcam_of_a_blob_detector_points_at_the_blob():

@@ -35,6 +35,11 @@ def predict(
         raise ConfigError(f"Unknown --patient-agg {patient_agg!r}.", "use mean or max.")
     preds = predict_files(run, inputs, out, reporter=_reporter(quiet), backend=backend, tta=tta,
                           abstain_below=abstain_below, shard=shard, batch_size=batch_size)
+    if preds and all(p.error for p in preds):
+        from ..errors import DataError
+
+        raise DataError(f"None of the {len(preds)} input file(s) could be predicted (first: {preds[0].path}: {preds[0].error}); "
+                        f"each is listed with its error in {out}.", "pass readable image files (PNG, JPEG, DICOM, ...).")
     counts = Counter(p.label for p in preds if p.label)
     abstained = sum(p.abstain for p in preds)
     typer.echo(f"{len(preds)} image(s): " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items()))

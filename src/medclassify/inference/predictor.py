@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -109,8 +110,18 @@ class Predictor:
         self.backend = backend if backend == "onnx-int8" else "onnx" if use_onnx else "torch"
         self._model: torch.nn.Module | None = None
         self.session = None
+        self.fallback: str | None = None  # why the auto backend fell back to PyTorch (a damaged model.onnx)
         if use_onnx:
-            self.session = _ort_session(self.run.path / (INT8_FILE if backend == "onnx-int8" else "model.onnx"), threads)
+            from ..errors import RunError
+
+            try:
+                self.session = _ort_session(self.run.path / (INT8_FILE if backend == "onnx-int8" else "model.onnx"), threads)
+            except RunError as e:
+                if backend != "auto":
+                    raise
+                self.fallback, use_onnx, self.backend = f"{e.message} Using PyTorch instead.", False, "torch"
+                logging.getLogger("medclassify").warning(self.fallback)
+        if use_onnx:
             self._input_name = self.session.get_inputs()[0].name
         else:
             self._model = self.run.build_model().to(memory_format=torch.channels_last)
@@ -214,6 +225,18 @@ def run_tta(run: Run) -> bool:
 
 
 def _ort_session(path: Path, threads: int | None):
+    """An ONNX Runtime session, or a RunError naming the file when it cannot be loaded."""
+    from ..errors import RunError
+
+    try:
+        return _open_session(path, threads)
+    except Exception as e:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...) share no base but Exception
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise RunError(f"{path} cannot be loaded by ONNX Runtime ({first[:160]}).",
+                       f"export it again: medclassify export {path.parent} --format onnx.") from None
+
+
+def _open_session(path: Path, threads: int | None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -249,16 +272,27 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[str]:
 
 
 def _list_file(p: Path) -> list[str]:
+    try:
+        names = _read_list(p)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p} is not UTF-8 text (byte {e.start}); it cannot be read as a list of image paths.",
+                        "save the list as UTF-8 (CSV with a path column, or one path per line), or pass the images themselves.") from None
+    except csv.Error as e:
+        raise DataError(f"{p} is not a readable CSV ({e}).", "save the list as a CSV with a path column, or one path per line.") from None
+    except OSError as e:
+        raise DataError(f"Cannot read {p} ({e.strerror or e}).", "check the file's permissions.") from None
+    return [str(x if Path(x).is_absolute() else p.parent / x) for x in (Path(n) for n in names if n)]
+
+
+def _read_list(p: Path) -> list[str]:
     with open(p, newline="", encoding="utf-8-sig") as f:
         if p.suffix.lower() == ".txt":
-            names = [line.strip() for line in f if line.strip()]
-        else:
-            reader = csv.DictReader(f)
-            cols = {c.strip().lower(): c for c in reader.fieldnames or []}
-            if "path" not in cols:
-                raise DataError(f"{p} has no 'path' column.", "add a header row with a path column.")
-            names = [(row.get(cols["path"]) or "").strip() for row in reader]
-    return [str(x if Path(x).is_absolute() else p.parent / x) for x in (Path(n) for n in names if n)]
+            return [line.strip() for line in f if line.strip()]
+        reader = csv.DictReader(f)
+        cols = {c.strip().lower(): c for c in reader.fieldnames or []}
+        if "path" not in cols:
+            raise DataError(f"{p} has no 'path' column.", "add a header row with a path column.")
+        return [(row.get(cols["path"]) or "").strip() for row in reader]
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -297,6 +331,8 @@ def predict_files(run: Run | str | Path, inputs: Iterable[str | Path] | str | Pa
     paths = take_shard(collect_inputs(inputs), shard)  # after the run loads: a missing run is the first error
     if shard:
         reporter.info(f"Shard {shard[0]}/{shard[1]}: {len(paths)} image(s).")
+    if predictor.fallback:
+        reporter.warn(predictor.fallback)
     with reporter.task(f"Predicting ({predictor.backend})", len(paths)) as bar:
         preds = predictor.predict_paths(paths, on_batch=bar.advance)
     failed = [p for p in preds if p.error]
