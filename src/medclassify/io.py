@@ -287,6 +287,29 @@ def check_output_file(out: str | Path, inputs: Iterable[str | Path] = (), protec
     return out
 
 
+def check_output_folder(folder: str | Path, inputs: Iterable[str | Path] = (), protected_dirs: Iterable[str | Path] = (),
+                        files: Iterable[str | Path] = (), what: str = "--out") -> Path:
+    """Check, before the work starts, that `folder` can take output files: it is not a file, not (inside)
+    one of the `protected_dirs`, can be created or written, and none of the `files` to be written in it
+    is one of the `inputs` or an existing folder. Returns the folder."""
+    folder = Path(folder)
+    f_r = resolved(folder)
+    for d in protected_dirs:
+        d_r = resolved(d)
+        if f_r == d_r or _inside(f_r, d_r):
+            raise OutputError(f"{what} {folder} lies inside {d}, whose files medclassify must not change.",
+                              f"choose an {what} folder outside {d}.")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} {folder} is a file, not a folder.", f"give a folder as {what}, or remove that file.")
+    ins = {resolved(p) for p in inputs}
+    for f in files:
+        if resolved(f) in ins:
+            raise OutputError(f"{what} {folder} would overwrite the input {f}.", f"choose another {what} folder.")
+        if Path(f).is_dir():
+            raise OutputError(f"Cannot write {f}: it is a folder.", f"choose another {what} folder.")
+    return check_writable_folder(folder, what=what)
+
+
 def check_writable_folder(folder: str | Path, what: str = "--out") -> Path:
     """The folder exists (or can be made) and a file can be created in it: checked by creating one."""
     folder = Path(folder)
