@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RunError
-from ..io import atomic_path, check_writable_folder
+from ..io import atomic_path, check_output_file
 from ..reporting import Reporter
 from ..run import Run, load_run
 from .exported import INT8_FILE, META_FILE, ONNX_FILE, file_sha256, read_export_meta, verified
@@ -132,7 +132,8 @@ def export_onnx(run: Run | str | Path, reporter: Reporter | None = None, images:
         raise ConfigError("ONNX export needs the onnx and onnxruntime packages.", "pip install 'medclassify[export]'.") from None
     reporter = reporter or Reporter(quiet=True)
     run = run if isinstance(run, Run) else load_run(run)
-    check_writable_folder(run.path, what="run directory")
+    for name in (ONNX_FILE, META_FILE):
+        check_output_file(run.path / name, what="export")
     paths = images if images is not None else parity_images(run)
     if not paths:
         raise RunError(f"Run {run.path} lists no image that still exists for the parity check; "

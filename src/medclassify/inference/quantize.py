@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, RunError
-from ..io import atomic_path, check_writable_folder
+from ..io import atomic_path, check_output_file
 from ..reporting import Reporter
 from ..run import Run, load_run
 from .exported import INT8_FILE, META_FILE, ONNX_FILE, file_sha256, read_export_meta
@@ -52,7 +52,8 @@ def quantize_int8(run: Run | str | Path, reporter: Reporter | None = None, max_d
         raise ConfigError("int8 quantisation needs onnxruntime.", "pip install 'medclassify[export]'.") from None
     reporter = reporter or Reporter(quiet=True)
     run = run if isinstance(run, Run) else load_run(run)
-    check_writable_folder(run.path, what="run directory")
+    for name in (INT8_FILE, META_FILE):
+        check_output_file(run.path / name, what="export")
     version = weights_hash(run.path)
     if not onnx_is_current(run, version):
         raise RunError(f"Run {run.path} has no up-to-date model.onnx to quantise.",
