@@ -76,17 +76,17 @@ def remove_stale_partials(folder: Path, stem: str | None = None) -> int:
     return removed
 
 
-def _describe_os_error(path: Path, e: OSError) -> OutputError:
+def _describe_os_error(path: Path, e: OSError, what: str = "--out") -> OutputError:
     if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
-        return OutputError(f"No space left on the device while writing {path}.", "free some disk space or choose another --out.")
+        return OutputError(f"No space left on the device while writing {path}.", f"free some disk space or choose another {what}.")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"Cannot write {path}: permission denied (or read-only file system).",
-                           "choose a writable --out, or fix the folder's permissions.")
+                           f"choose a writable {what}, or fix the folder's permissions.")
     if e.errno == errno.EISDIR:
-        return OutputError(f"Cannot write {path}: it is a folder.", "give a file name, not a folder, as --out.")
+        return OutputError(f"Cannot write {path}: it is a folder.", f"give a file name, not a folder, as {what}.")
     if e.errno == errno.ENOTDIR:
-        return OutputError(f"Cannot write {path}: a part of the path is a file, not a folder.", "choose another --out.")
-    return OutputError(f"Cannot write {path} ({e.strerror or e}).", "choose another --out.")
+        return OutputError(f"Cannot write {path}: a part of the path is a file, not a folder.", f"choose another {what}.")
+    return OutputError(f"Cannot write {path} ({e.strerror or e}).", f"choose another {what}.")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -324,7 +324,7 @@ def check_writable_folder(folder: str | Path, what: str = "--out") -> Path:
         with tempfile.NamedTemporaryFile(dir=probe_from, prefix=f".medclassify-probe{PARTIAL}{os.getpid()}-"):
             pass
     except OSError as e:
-        raise _describe_os_error(folder, e) from None
+        raise _describe_os_error(folder, e, what) from None
     return folder
 
 
