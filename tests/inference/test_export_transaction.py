@@ -145,3 +145,23 @@ def test_an_unverified_model_is_never_used(run_dir, damage):
     assert Predictor(run_dir).backend == "torch"
     with pytest.raises(ConfigError, match="export it first"):
         Predictor(run_dir, backend="onnx")
+
+
+def test_int8_is_a_transaction_too(run_dir):
+    from medclassify.errors import RunError
+    from medclassify.inference.quantize import INT8_FILE, quantize_int8
+
+    quantize_int8(run_dir, max_drop=1.0, calibration=16, check=16)
+    int8 = run_dir / INT8_FILE
+    before = {**_digest(run_dir), INT8_FILE: hashlib.sha256(int8.read_bytes()).hexdigest()}
+    with pytest.raises(RunError, match="not kept"):
+        quantize_int8(run_dir, max_drop=-1.0, calibration=16, check=16)  # a limit no model meets: the earlier int8 model stays
+    assert {**_digest(run_dir), INT8_FILE: hashlib.sha256(int8.read_bytes()).hexdigest()} == before
+    assert not list(run_dir.glob(f".*{PARTIAL}*"))
+    assert Predictor(run_dir, backend="onnx-int8").backend == "onnx-int8"
+    assert main(["export", str(run_dir), "-q"]) == 0  # a re-export of the same weights keeps the int8 record
+    assert Predictor(run_dir, backend="onnx-int8").backend == "onnx-int8"
+    with open(int8, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ConfigError, match="int8"):
+        Predictor(run_dir, backend="onnx-int8")
