@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import hashing
 from ..io import OutputError, write_json
+from . import hashing
 from .cache import cache_entry, cache_root, files_key, map_files, writable_cache_folder
 from .images import UnreadableImage, decode, is_gray_content, stored_mode
 
