@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.images import UnreadableImage
 from ..errors import ConfigError, RunError
 from ..io import atomic_path, check_output_file
 from ..reporting import Reporter
@@ -134,9 +135,16 @@ def export_onnx(run: Run | str | Path, reporter: Reporter | None = None, images:
     run = run if isinstance(run, Run) else load_run(run)
     for name in (ONNX_FILE, META_FILE):
         check_output_file(run.path / name, what="export")
-    paths = images if images is not None else parity_images(run)
+    torch_pred = Predictor(run, backend="torch")
+    paths, arrays = [], []
+    for p in images if images is not None else parity_images(run):
+        try:
+            arrays.append(torch_pred.load(p))
+            paths.append(p)
+        except UnreadableImage:  # checked on the images that can still be read
+            continue
     if not paths:
-        raise RunError(f"Run {run.path} lists no image that still exists for the parity check; "
+        raise RunError(f"Run {run.path} lists no image that can still be read for the parity check; "
                        "the earlier export, if any, is left as it was.",
                        "restore the dataset the run was trained on, or pass images to check with.")
     prep = run.preprocessing
@@ -150,8 +158,7 @@ def export_onnx(run: Run | str | Path, reporter: Reporter | None = None, images:
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
             torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
                               opset_version=OPSET, do_constant_folding=True, **kwargs)
-        torch_pred = Predictor(run, backend="torch")
-        batch = np.stack([torch_pred.load(p) for p in paths])
+        batch = np.stack(arrays)
         p_torch = torch_pred.probabilities(batch)
         p_onnx = Predictor(run, backend="onnx", onnx_file=tmp).probabilities(batch)
         diff = float(np.abs(p_onnx - p_torch).max())
