@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .data.synthetic import generate_dataset
 from .errors import RunError
+from .io import OutputError, check_writable_folder, write_text
 from .reporting import Reporter
 
 
@@ -18,11 +19,13 @@ def run_demo(out: str | Path, reporter: Reporter | None = None) -> str:
 
     reporter = reporter or Reporter()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / ".medclassify-demo").exists():
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder.", "pass another --out.")
+    if out.is_dir() and any(out.iterdir()) and not (out / ".medclassify-demo").is_file():
         raise RunError(f"{out} exists and is not a medclassify demo folder.", "pass another --out.")
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    (out / ".medclassify-demo").write_text("folder written by `medclassify demo`; safe to delete\n")
+    check_writable_folder(out)
+    shutil.rmtree(out, ignore_errors=True)  # an earlier demo's folder (its marker says so)
+    write_text(out / ".medclassify-demo", "folder written by `medclassify demo`; safe to delete\n")
     data = generate_dataset(out / "data", classes=("normal", "one lesion", "two lesions"), per_class=80, size=64,
                             splits={"train": 0.75, "test": 0.25}, seed=0)
     reporter.info(f"Generated 240 grey 64 px images in 3 classes under {data}.")

@@ -76,17 +76,17 @@ def remove_stale_partials(folder: Path, stem: str | None = None) -> int:
     return removed
 
 
-def _describe_os_error(path: Path, e: OSError) -> OutputError:
+def _describe_os_error(path: Path, e: OSError, what: str = "--out") -> OutputError:
     if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
-        return OutputError(f"No space left on the device while writing {path}.", "free some disk space or choose another --out.")
+        return OutputError(f"No space left on the device while writing {path}.", f"free some disk space or choose another {what}.")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"Cannot write {path}: permission denied (or read-only file system).",
-                           "choose a writable --out, or fix the folder's permissions.")
+                           f"choose a writable {what}, or fix the folder's permissions.")
     if e.errno == errno.EISDIR:
-        return OutputError(f"Cannot write {path}: it is a folder.", "give a file name, not a folder, as --out.")
+        return OutputError(f"Cannot write {path}: it is a folder.", f"give a file name, not a folder, as {what}.")
     if e.errno == errno.ENOTDIR:
-        return OutputError(f"Cannot write {path}: a part of the path is a file, not a folder.", "choose another --out.")
-    return OutputError(f"Cannot write {path} ({e.strerror or e}).", "choose another --out.")
+        return OutputError(f"Cannot write {path}: a part of the path is a file, not a folder.", f"choose another {what}.")
+    return OutputError(f"Cannot write {path} ({e.strerror or e}).", f"choose another {what}.")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -287,6 +287,29 @@ def check_output_file(out: str | Path, inputs: Iterable[str | Path] = (), protec
     return out
 
 
+def check_output_folder(folder: str | Path, inputs: Iterable[str | Path] = (), protected_dirs: Iterable[str | Path] = (),
+                        files: Iterable[str | Path] = (), what: str = "--out") -> Path:
+    """Check, before the work starts, that `folder` can take output files: it is not a file, not (inside)
+    one of the `protected_dirs`, can be created or written, and none of the `files` to be written in it
+    is one of the `inputs` or an existing folder. Returns the folder."""
+    folder = Path(folder)
+    f_r = resolved(folder)
+    for d in protected_dirs:
+        d_r = resolved(d)
+        if f_r == d_r or _inside(f_r, d_r):
+            raise OutputError(f"{what} {folder} lies inside {d}, whose files medclassify must not change.",
+                              f"choose an {what} folder outside {d}.")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} {folder} is a file, not a folder.", f"give a folder as {what}, or remove that file.")
+    ins = {resolved(p) for p in inputs}
+    for f in files:
+        if resolved(f) in ins:
+            raise OutputError(f"{what} {folder} would overwrite the input {f}.", f"choose another {what} folder.")
+        if Path(f).is_dir():
+            raise OutputError(f"Cannot write {f}: it is a folder.", f"choose another {what} folder.")
+    return check_writable_folder(folder, what=what)
+
+
 def check_writable_folder(folder: str | Path, what: str = "--out") -> Path:
     """The folder exists (or can be made) and a file can be created in it: checked by creating one."""
     folder = Path(folder)
@@ -301,7 +324,7 @@ def check_writable_folder(folder: str | Path, what: str = "--out") -> Path:
         with tempfile.NamedTemporaryFile(dir=probe_from, prefix=f".medclassify-probe{PARTIAL}{os.getpid()}-"):
             pass
     except OSError as e:
-        raise _describe_os_error(folder, e) from None
+        raise _describe_os_error(folder, e, what) from None
     return folder
 
 

@@ -221,13 +221,11 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    io.write_text(path, text)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, json.dumps(obj, indent=2, default=str))
+    io.write_json(path, obj)
 
 
 def _pid_alive(pid: str) -> bool:

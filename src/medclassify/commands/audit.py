@@ -19,7 +19,10 @@ def audit(
 ):
     """Audit a dataset: counts, imbalance, sizes, unreadable files, exact and near duplicates, leakage, conflicting labels, patient overlap."""
     from ..data.audit import audit_dataset, write_audit
+    from ..io import check_output_folder
 
+    check_output_folder(out, inputs=[data], protected_dirs=[data] if data.is_dir() else [],
+                        files=[out / "audit.json", out / "audit.html"])
     result = audit_dataset(data, patient_pattern, reporter=_reporter(quiet))
     lines = write_audit(result, out)
     for line in lines:

@@ -92,7 +92,9 @@ def compare(
 ):
     """Leaderboard with 95% CIs, McNemar's test (accuracy) and DeLong's test (AUC) between pairs."""
     from ..evaluation.compare import compare_runs, leaderboard_tables, write_compare_html
+    from ..io import check_output_file
 
+    check_output_file(out, protected_dirs=runs)  # before the runs are evaluated
     result = compare_runs(runs, split=split, reporter=_reporter(quiet))
     _print(*leaderboard_tables(result))
     typer.echo(f"Comparison written to {write_compare_html(result, out)}")

@@ -29,10 +29,13 @@ def predict(
 ):
     """Predict images with a trained run; writes per-class probabilities and the predicted class to a CSV."""
     from ..errors import ConfigError
-    from ..inference.predictor import aggregate_patients, predict_files, write_patients_csv
+    from ..inference.predictor import aggregate_patients, check_output_inputs, predict_files, write_patients_csv
 
     if patient_agg not in ("mean", "max"):
         raise ConfigError(f"Unknown --patient-agg {patient_agg!r}.", "use mean or max.")
+    target = patients_out or out.with_name(out.stem + "-patients" + (out.suffix or ".csv"))
+    if patient_pattern:  # both outputs are checked before any image is read
+        check_output_inputs(target, run, inputs)
     preds = predict_files(run, inputs, out, reporter=_reporter(quiet), backend=backend, tta=tta,
                           abstain_below=abstain_below, shard=shard, batch_size=batch_size)
     if preds and all(p.error for p in preds):
@@ -46,7 +49,6 @@ def predict(
                + (f" ({abstained} under the abstain threshold)" if abstained else "") + f"; written to {out}")
     if patient_pattern:
         patients = aggregate_patients(preds, patient_pattern, patient_agg)
-        target = patients_out or out.with_name(out.stem + "-patients" + (out.suffix or ".csv"))
         classes = list(next(p for p in preds if p.probabilities).probabilities) if patients else []
         write_patients_csv(target, patients, classes)
         typer.echo(f"{len(patients)} patient(s) ({patient_agg} of image probabilities) written to {target}")
@@ -107,8 +109,9 @@ def evaluate_cascade_cmd(
 ):
     """End-to-end accuracy and confusion matrix of a cascade over its final labels."""
     from ..evaluation.tables import metrics_table
-    from ..inference.cascade import cascade_summary, evaluate_cascade, save_cascade_metrics
+    from ..inference.cascade import cascade_metrics_path, cascade_summary, evaluate_cascade, save_cascade_metrics
 
+    cascade_metrics_path(cascade)  # checked before the evaluation, not after
     metrics = evaluate_cascade(cascade, data=data, split=split, reporter=_reporter(quiet))
     _print(*metrics_table(metrics, f"cascade on {metrics['split']} ({metrics['n']} images)"))
     typer.echo(cascade_summary(metrics))

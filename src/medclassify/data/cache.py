@@ -4,6 +4,7 @@ the resize mode and the channel count. Later epochs and later runs read the memm
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,9 +18,13 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from ..io import OutputError, atomic_dir, check_writable_folder, remove_stale_partials, write_json, write_text
 from .images import UnreadableImage, load_for_model
 
 CACHE_VERSION = 1
+
+
+CACHE_FIX = "set MEDCLASSIFY_CACHE to a writable folder with free space (e.g. export MEDCLASSIFY_CACHE=/tmp/medclassify-cache)."
 
 
 def cache_root() -> Path:
@@ -41,11 +46,36 @@ def files_key(paths: Sequence[str], salt: str) -> str:
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:
-    """Write under a temporary name, then rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Kept for the callers that import it from here: io.write_text."""
+    write_text(path, text)
+
+
+def writable_cache_folder(folder: Path) -> Path:
+    """The cache folder exists (or is created) and can be written, else one line naming it and the fix.
+    Checked only when an entry must be built: a read-only cache that already holds it still serves."""
+    try:
+        check_writable_folder(folder, what="cache")
+        folder.mkdir(parents=True, exist_ok=True)
+    except (OutputError, OSError) as e:
+        reason = e.message if isinstance(e, OutputError) else (e.strerror or str(e))
+        raise OutputError(f"The image cache {folder} cannot be written ({reason.rstrip('.')}).", CACHE_FIX) from None
+    return folder
+
+
+@contextlib.contextmanager
+def cache_entry(final: Path) -> Iterator[Path]:
+    """Build a cache entry in a temporary folder beside `final` and move it into place. Temporary
+    folders of killed builds (dead PIDs) are removed first, so a SIGKILL leaves nothing for ever.
+    When another process finished the same entry first, its entry is kept and ours dropped."""
+    writable_cache_folder(final.parent)
+    remove_stale_partials(final.parent)
+    try:
+        with atomic_dir(final) as building:
+            yield building
+    except OutputError as e:
+        if final.is_dir():
+            return
+        raise OutputError(e.message, CACHE_FIX) from None
 
 
 def cache_key(paths: Sequence[str], size: int, resize_mode: str, channels: int) -> str:
@@ -113,13 +143,9 @@ def build_cache(
             return _open(final)
         except (OSError, ValueError, KeyError):
             shutil.rmtree(final, ignore_errors=True)  # a damaged entry is rebuilt
-    root.mkdir(parents=True, exist_ok=True)
-    partial = root / f"{key}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     t0 = time.perf_counter()
-    try:
-        arr = np.lib.format.open_memmap(partial / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), size, size, channels))
+    with cache_entry(final) as building:
+        arr = np.lib.format.open_memmap(building / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), size, size, channels))
         errors: dict[str, str] = {}
         row_of = {p: i for i, p in enumerate(paths)}
         jobs = [(p, size, resize_mode, channels) for p in paths]
@@ -128,15 +154,8 @@ def build_cache(
             done = _store(arr, row_of, errors, path, img, err, done, len(paths), progress)
         arr.flush()
         del arr
-        (partial / "index.json").write_text(json.dumps({"version": CACHE_VERSION, "paths": paths, "errors": errors,
-                                                        "size": size, "resize": resize_mode, "channels": channels}))
-        try:
-            os.replace(partial, final)
-        except OSError:  # another process finished the same cache first
-            shutil.rmtree(partial, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        write_json(building / "index.json", {"version": CACHE_VERSION, "paths": paths, "errors": errors,
+                                            "size": size, "resize": resize_mode, "channels": channels})
     cache = _open(final)
     cache.build_seconds = time.perf_counter() - t0
     return cache

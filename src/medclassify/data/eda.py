@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import check_output_folder, write_text, write_with
 from .audit import fingerprint_index
-from .cache import write_text_atomic
 from .fingerprints import HIST_BINS
 from .images import UnreadableImage, decode
 from .sources import attach_patients, scan_folder
@@ -30,11 +30,10 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    _plt().close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    finally:
+        _plt().close(fig)
 
 
 def class_distribution(index, out: Path) -> Path:
@@ -113,11 +112,21 @@ def intensity_distribution(index, fp, out: Path) -> Path:
     return _save(fig, out / "intensity.png")
 
 
+EDA_FILES = ("class_distribution.png", "samples.png", "image_sizes.png", "intensity.png", "eda.html")
+
+
+def check_eda_out(data: str | Path, out: str | Path) -> Path:
+    """Before any image is read: `out` can take the EDA's files and is neither in nor over the dataset."""
+    out = Path(out)
+    data = Path(data)
+    return check_output_folder(out, inputs=[data], protected_dirs=[data] if data.is_dir() else [],
+                               files=[out / f for f in EDA_FILES])
+
+
 def run_eda(data: str | Path, out: str | Path, patient_pattern: str | None = None, reporter=None,
             workers: int | None = None) -> Path:
     """Write the plots and eda.html into `out`; returns the page's path."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_eda_out(data, out)
     index = attach_patients(scan_folder(data), patient_pattern)
     fp = fingerprint_index(index, reporter, workers)
     pngs = [class_distribution(index, out), sample_grid(index, out), size_distribution(index, fp, out),
@@ -131,5 +140,5 @@ def run_eda(data: str | Path, out: str | Path, patient_pattern: str | None = Non
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}td,th{{border:1px solid #ddd;padding:3px 8px}}table{{border-collapse:collapse}}</style>
 </head><body><h1>{html.escape(index.root)}</h1><p>{len(index.records)} images, {len(index.classes)} classes, layout {index.layout};
 {len(fp.errors)} unreadable.</p><table><tr><th></th>{head}<th>total</th></tr>{rows}</table>{figures}</body></html>"""
-    write_text_atomic(out / "eda.html", page)
+    write_text(out / "eda.html", page)
     return out / "eda.html"

@@ -6,7 +6,6 @@ so a second audit of an unchanged dataset decodes nothing."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..io import OutputError, write_json
 from . import hashing
-from .cache import cache_root, files_key, map_files
+from .cache import cache_entry, cache_root, files_key, map_files, writable_cache_folder
 from .images import UnreadableImage, decode, is_gray_content, stored_mode
 
 FINGERPRINT_VERSION = 1
@@ -76,6 +76,7 @@ def compute_fingerprints(paths: Sequence[str], workers: int | None = None,
             return _load(final)
         except (OSError, ValueError, KeyError):
             shutil.rmtree(final, ignore_errors=True)
+    writable_cache_folder(final.parent)  # before the pass over every image, not after it
     n = len(paths)
     row = {p: i for i, p in enumerate(paths)}
     fp = Fingerprints(paths, {}, np.zeros(n, np.int32), np.zeros(n, np.int32), ["?"] * n, np.zeros(n, bool),
@@ -100,17 +101,13 @@ _ARRAYS = ("width", "height", "gray", "channels", "thumbs", "coefs", "mean", "st
 
 
 def _save(fp: Fingerprints, final: Path) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.parent / f"{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
     try:
-        np.savez(partial / "arrays.npz", **{k: getattr(fp, k) for k in _ARRAYS})
-        (partial / "meta.json").write_text(json.dumps({"version": FINGERPRINT_VERSION, "paths": fp.paths,
-                                                       "errors": fp.errors, "mode": fp.mode, "exact": fp.exact}))
-        os.replace(partial, final)
-    except OSError:  # another process wrote the same entry first, or the disk is full: not fatal
-        shutil.rmtree(partial, ignore_errors=True)
+        with cache_entry(final) as building:
+            np.savez(building / "arrays.npz", **{k: getattr(fp, k) for k in _ARRAYS})
+            write_json(building / "meta.json", {"version": FINGERPRINT_VERSION, "paths": fp.paths,
+                                               "errors": fp.errors, "mode": fp.mode, "exact": fp.exact})
+    except OutputError:  # the disk filled up: the fingerprints in memory still serve this audit
+        return
     fp.directory = final
 
 

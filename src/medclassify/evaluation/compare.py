@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import html
 import itertools
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import RunError
+from ..io import write_text
 from ..reporting import Reporter
 from ..run import Run, load_run
 
@@ -188,9 +188,4 @@ which model is better: the paired tests below compare the models image by image 
 AUCs. A p-value below 0.05 means a difference this large would rarely arise by chance if the models were equally good.</p>
 <table><tr><th>A</th><th>B</th><th>A right, B wrong</th><th>A wrong, B right</th><th>McNemar mid-p</th><th>AUC (DeLong)</th></tr>
 {pairs}</table></body></html>"""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text(out, page)

@@ -11,6 +11,7 @@ from ..data.cache import ImageCache
 from ..data.prepare import load_cache
 from ..data.sources import Record, scan_folder
 from ..errors import ConfigError, DataError, RunError
+from ..io import check_output_file, check_writable_folder
 from ..inference.cached import predict_rows
 from ..reporting import Reporter
 from ..run import Run, load_run, write_json
@@ -209,6 +210,9 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
             have = sorted({r.split for r in run.records() if r.split})
             raise RunError(f"Run {run.path} has no {split!r} split (it has: {', '.join(have)}).",
                            "pass --split with one of those, or --data FOLDER with labelled images.")
+    if save or calibrate_first:  # its outputs (run.json, metrics/) are checked before the work
+        check_output_file(run.path / "metrics" / f"{name}.json", what="metrics file")
+        check_writable_folder(run.path, what="run directory")
     if calibrate_first:
         choose_tta(run, reporter)
         calibrate(run, reporter)

@@ -18,6 +18,7 @@ from string import Template
 import numpy as np
 
 from ..errors import MedClassifyError
+from ..io import check_output_file, resolved, write_text
 from ..reporting import Reporter
 from ..run import Run, load_run
 from . import figures
@@ -269,6 +270,14 @@ def _how_to_read(binary: bool, pos: str, neg: str, split: str, n: int) -> str:
             "device.</p>")
 
 
+def report_path(run: Run, out: str | Path | None) -> Path:
+    """Where the report goes, checked before any work: RUN/report.html, or a file outside the run."""
+    default = run.path / "report.html"
+    if out is None or resolved(out) == resolved(default):
+        return check_output_file(default)
+    return check_output_file(out, protected_dirs=[run.path])
+
+
 def build_report(run: Run | str | Path, split: str = "test", out: str | Path | None = None,
                  reporter: Reporter | None = None, n_wrong: int = 8, fresh: bool = False) -> Path:
     """Write the run's report (default RUN/report.html) and return its path."""
@@ -277,6 +286,7 @@ def build_report(run: Run | str | Path, split: str = "test", out: str | Path | N
     reporter = reporter or Reporter(quiet=True)
     t0 = time.perf_counter()
     run = run if isinstance(run, Run) else load_run(run)
+    out = report_path(run, out)
     metrics = None if fresh else _saved_metrics(run, split)
     if metrics is None:
         metrics = evaluate(run, split=split, reporter=reporter)
@@ -329,9 +339,4 @@ def build_report(run: Run | str | Path, split: str = "test", out: str | Path | N
         configuration=_configuration(run), data_table=_data_table(run),
         footer=_e(f"medclassify {run.info.get('medclassify_version', '')} · built in {time.perf_counter() - t0:.1f} s"),
     )
-    out = Path(out) if out else run.path / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text(out, page)

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..data.preprocessing import Preprocessing
+from ..io import write_with
 
 
 @dataclass
@@ -107,14 +108,6 @@ def forward_hooks(modules: list[nn.Module], hook):
 
 
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """Write atomically (temp name, then rename)."""
-    import os
-
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(rgb).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return write_with(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..data.images import UnreadableImage
 from ..errors import ConfigError, DataError
+from ..io import check_output_file, check_output_folder
 from ..reporting import Reporter
 from ..run import Run, load_run
 from . import get_method
@@ -33,19 +34,21 @@ def explain_files(run: Run | str | Path, inputs: str | Path, method: str = "grad
     run = run if isinstance(run, Run) else load_run(run)
     inputs = Path(inputs)
     paths = collect_inputs([inputs])
-    predictor = Predictor(run)
-    explainer: Explainer = cls(predictor.model, predictor.prep, layer, **options)
-    t = target_index(run, target)
     single = inputs.is_file()
     if single:
         dest = [Path(out) if out else inputs.with_name(f"{inputs.stem}_{cls.name}.png")]
         if dest[0].suffix.lower() != ".png":
             raise ConfigError(f"--out {dest[0]} must be a .png file for one image.", "pass --out NAME.png.")
+        check_output_file(dest[0], inputs=paths, protected_dirs=[run.path])
     else:
         folder = Path(out) if out else inputs / f"explain-{cls.name}"
         if folder.suffix.lower() == ".png":
             raise ConfigError(f"--out {folder} is a file name but {inputs} is a folder.", "pass --out FOLDER.")
         dest = [folder / f"{Path(p).stem}_{cls.name.replace('+', 'p')}.png" for p in paths]
+        check_output_folder(folder, inputs=paths, protected_dirs=[run.path], files=dest)
+    predictor = Predictor(run)
+    explainer: Explainer = cls(predictor.model, predictor.prep, layer, **options)
+    t = target_index(run, target)
     written, failed = [], []
     with reporter.task(f"Explaining ({cls.name})", len(paths)) as bar:
         for path, target_path in zip(paths, dest):

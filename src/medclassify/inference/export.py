@@ -2,22 +2,26 @@
 
 The ONNX graph takes the preprocessed tensor (N, C, H, W) and returns logits, exactly like the
 PyTorch model, so the Predictor's preprocessing and temperature apply unchanged. The file is stored
-in the run (model.onnx) with export.json (opset, weights version, parity figures); the Predictor
-uses it only while export.json names the weights now in the run."""
+in the run (model.onnx) with export.json (opset, weights version, SHA-256 of the file, parity
+figures); the Predictor uses it only while export.json vouches for that very file and the weights
+now in the run (exported.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
+import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..data.images import UnreadableImage
 from ..errors import ConfigError, RunError
+from ..io import atomic_path, check_output_file
 from ..reporting import Reporter
-from ..run import Run, load_run, write_json
+from ..run import Run, load_run
+from .exported import INT8_FILE, META_FILE, ONNX_FILE, file_sha256, read_export_meta, verified
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| over every class of every checked image
@@ -116,66 +120,73 @@ def parity_images(run: Run, n: int = PARITY_IMAGES) -> list[str]:
 
 
 def export_onnx(run: Run | str | Path, reporter: Reporter | None = None, images: list[str] | None = None) -> dict:
-    """Write model.onnx and export.json into the run after a parity check; returns export.json's content."""
+    """Write model.onnx and export.json into the run after a parity check; returns export.json's content.
+
+    A transaction: the new model is written and checked under a temporary name, and the earlier
+    verified model.onnx and export.json stay in place until it has passed (see exported.py)."""
     from .predictor import Predictor, weights_hash
 
     try:
         import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
+        import onnxruntime
     except ImportError:
         raise ConfigError("ONNX export needs the onnx and onnxruntime packages.", "pip install 'medclassify[export]'.") from None
     reporter = reporter or Reporter(quiet=True)
     run = run if isinstance(run, Run) else load_run(run)
+    for name in (ONNX_FILE, META_FILE):
+        check_output_file(run.path / name, what="export")
+    torch_pred = Predictor(run, backend="torch")
+    paths, arrays = [], []
+    for p in images if images is not None else parity_images(run):
+        try:
+            arrays.append(torch_pred.load(p))
+            paths.append(p)
+        except UnreadableImage:  # checked on the images that can still be read
+            continue
+    if not paths:
+        raise RunError(f"Run {run.path} lists no image that can still be read for the parity check; "
+                       "the earlier export, if any, is left as it was.",
+                       "restore the dataset the run was trained on, or pass images to check with.")
     prep = run.preprocessing
     dummy = torch.zeros(2, prep.channels, prep.image_size, prep.image_size)
     model = exportable(run.build_model().float().eval(), dummy)
-    target, meta_path = run.path / "model.onnx", run.path / "export.json"
-    tmp = run.path / f".model.onnx.partial-{os.getpid()}"
+    version = weights_hash(run.path)
     kwargs = _exporter_kwargs()
-    try:
+    old = read_export_meta(run.path)
+    with atomic_path(run.path / ONNX_FILE) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
             torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
                               opset_version=OPSET, do_constant_folding=True, **kwargs)
-        version = weights_hash(run.path)
-        paths = images if images is not None else parity_images(run)
-        if not paths:
-            raise RunError(f"Run {run.path} lists no image that still exists for the parity check.",
-                           "restore the dataset the run was trained on, or pass images to check with.")
-        torch_pred = Predictor(run, backend="torch")
-        batch = np.stack([torch_pred.load(p) for p in paths])
+        batch = np.stack(arrays)
         p_torch = torch_pred.probabilities(batch)
-        os.replace(tmp, target)
-        write_json(meta_path, {"weights_version": version})  # lets the ONNX backend open it for the check
-        p_onnx = Predictor(run, backend="onnx").probabilities(batch)
+        p_onnx = Predictor(run, backend="onnx", onnx_file=tmp).probabilities(batch)
         diff = float(np.abs(p_onnx - p_torch).max())
-        if diff > PARITY_TOLERANCE:
+        if not diff <= PARITY_TOLERANCE:
             raise RunError(f"ONNX export of {run.path} differs from PyTorch by {diff:.2e} in probability "
-                           f"(limit {PARITY_TOLERANCE:.0e}); model.onnx was not kept.",
+                           f"(limit {PARITY_TOLERANCE:.0e}); the new model.onnx was not kept.",
                            "report this model architecture as an export bug; predict uses PyTorch meanwhile.")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        target.unlink(missing_ok=True)
-        meta_path.unlink(missing_ok=True)
-        raise
-    import onnxruntime
-
-    meta = {
-        "format": "onnx",
-        "file": "model.onnx",
-        "opset": OPSET,
-        "exporter": "dynamo" if kwargs.get("dynamo") else "torchscript",
-        "input": {"name": "input", "shape": ["batch", prep.channels, prep.image_size, prep.image_size], "dtype": "float32"},
-        "output": {"name": "logits", "shape": ["batch", len(run.classes)]},
-        "weights_version": version,
-        "parity": {"images": len(paths), "max_abs_probability_diff": diff, "tolerance": PARITY_TOLERANCE,
-                   "agreement": float((p_onnx.argmax(1) == p_torch.argmax(1)).mean())},
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "bytes": target.stat().st_size,
-    }
-    write_json(meta_path, meta)
-    reporter.info(f"Exported {run.path / 'model.onnx'} (opset {OPSET}, dynamic batch); parity on {len(paths)} images: "
+        meta = {
+            "format": "onnx",
+            "file": ONNX_FILE,
+            "opset": OPSET,
+            "exporter": "dynamo" if kwargs.get("dynamo") else "torchscript",
+            "input": {"name": "input", "shape": ["batch", prep.channels, prep.image_size, prep.image_size], "dtype": "float32"},
+            "output": {"name": "logits", "shape": ["batch", len(run.classes)]},
+            "weights_version": version,
+            "sha256": file_sha256(tmp),
+            "parity": {"status": "passed", "images": len(paths), "max_abs_probability_diff": diff,
+                       "tolerance": PARITY_TOLERANCE, "agreement": float((p_onnx.argmax(1) == p_torch.argmax(1)).mean())},
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "bytes": tmp.stat().st_size,
+        }
+        if verified(old.get("int8"), run.path / INT8_FILE, version):
+            meta["int8"] = old["int8"]  # measured on these same weights: still true of the new float file
+        # Both files are complete on disk before either is renamed: export.json, then model.onnx.
+        with atomic_path(run.path / META_FILE) as meta_tmp:
+            meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    reporter.info(f"Exported {run.path / ONNX_FILE} (opset {OPSET}, dynamic batch); parity on {len(paths)} images: "
                   f"max |p_onnx - p_torch| = {diff:.1e}.")
     return meta

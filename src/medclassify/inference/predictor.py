@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
 import os
 from collections import deque
@@ -23,9 +22,11 @@ import torch
 
 from ..data.images import UnreadableImage, array_for_model, is_image_file, load_for_model
 from ..errors import ConfigError, DataError
+from ..io import check_output_file, write_csv
 from ..reporting import Reporter
 from ..run import Run, load_run
-from .quantize import INT8_FILE, int8_is_current
+from . import exported
+from .exported import INT8_FILE
 
 # A prediction whose top probability is under this is flagged `abstain` (configurable everywhere).
 DEFAULT_ABSTAIN_BELOW = 0.6
@@ -56,14 +57,8 @@ def weights_hash(run_path: Path) -> str:
 
 
 def onnx_is_current(run: Run, version: str) -> bool:
-    """model.onnx exists and was exported from the weights now in the run."""
-    meta = run.path / "export.json"
-    if not (run.path / "model.onnx").is_file() or not meta.is_file():
-        return False
-    try:
-        return json.loads(meta.read_text()).get("weights_version") == version
-    except (OSError, json.JSONDecodeError):
-        return False
+    """model.onnx passed its parity check against the weights now in the run, and is unchanged since."""
+    return exported.onnx_is_current(run.path, version)
 
 
 def _onnxruntime_available() -> bool:
@@ -77,7 +72,9 @@ def _onnxruntime_available() -> bool:
 class Predictor:
     def __init__(self, run: Run | str | Path, batch_size: int = 32, backend: Backend = "auto",
                  abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, tta: bool | None = None, threads: int | None = None,
-                 use_operating_point: bool = True):
+                 use_operating_point: bool = True, onnx_file: Path | None = None):
+        """`onnx_file`: run this ONNX file whatever export.json says (export and quantize check a new
+        model from its temporary name before they commit it)."""
         self.run = run if isinstance(run, Run) else load_run(run)
         self.prep = self.run.preprocessing
         self.classes = self.run.classes
@@ -98,12 +95,13 @@ class Predictor:
         self.version = weights_hash(self.run.path)
         if backend not in BACKENDS:
             raise ConfigError(f"Unknown backend {backend!r}.", f"use one of: {', '.join(BACKENDS)}.")
-        current = onnx_is_current(self.run, self.version)
+        current = onnx_file is not None or onnx_is_current(self.run, self.version)
         if backend == "onnx" and not current:
-            raise ConfigError(f"Run {self.run.path} has no up-to-date model.onnx.",
+            raise ConfigError(f"Run {self.run.path} has no verified, up-to-date model.onnx (export.json must hold a passed "
+                              "parity check of this very file and of the run's weights).",
                               f"export it first: medclassify export {self.run.path} --format onnx.")
         if backend == "onnx-int8":
-            if not int8_is_current(self.run, self.version):
+            if not exported.int8_is_current(self.run.path, self.version):
                 raise ConfigError(f"Run {self.run.path} has no up-to-date {INT8_FILE}.",
                                   f"quantise it first: medclassify export {self.run.path} --format onnx --int8.")
         use_onnx = backend in ("onnx", "onnx-int8") or (backend == "auto" and current and _onnxruntime_available())
@@ -115,7 +113,7 @@ class Predictor:
             from ..errors import RunError
 
             try:
-                self.session = _ort_session(self.run.path / (INT8_FILE if backend == "onnx-int8" else "model.onnx"), threads)
+                self.session = _ort_session(onnx_file or self.run.path / (INT8_FILE if backend == "onnx-int8" else "model.onnx"), threads)
             except RunError as e:
                 if backend != "auto":
                     raise
@@ -327,8 +325,13 @@ def predict_files(run: Run | str | Path, inputs: Iterable[str | Path] | str | Pa
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     shard = parse_shard(shard) if isinstance(shard, str) else shard
+    inputs = list(inputs)
+    if out is not None:
+        check_output_inputs(out, run.path if isinstance(run, Run) else run, inputs)
     predictor = Predictor(run, batch_size=batch_size, backend=backend, tta=tta, abstain_below=abstain_below)
     paths = take_shard(collect_inputs(inputs), shard)  # after the run loads: a missing run is the first error
+    if out is not None:
+        check_output_inputs(out, predictor.run.path, inputs, paths)
     if shard:
         reporter.info(f"Shard {shard[0]}/{shard[1]}: {len(paths)} image(s).")
     if predictor.fallback:
@@ -344,19 +347,18 @@ def predict_files(run: Run | str | Path, inputs: Iterable[str | Path] | str | Pa
     return preds
 
 
-def _atomic_csv(out: str | Path, header: list[str], rows: Iterable[list]) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, out)
+def check_output_inputs(out: str | Path, run_path: str | Path, inputs: Iterable[str | Path],
+                        paths: Iterable[str] = ()) -> Path:
+    """Before any work: `out` is a file that may be written, not one of the inputs (images or a list
+    file), not inside the run, and not inside a folder being predicted."""
+    inputs = [Path(p) for p in inputs]
+    folders = [p for p in inputs if p.is_dir()]
+    return check_output_file(out, inputs=[*(p for p in inputs if not p.is_dir()), *paths],
+                             protected_dirs=[run_path, *folders])
 
 
 def write_predictions_csv(out: str | Path, preds: list[Prediction], classes: list[str]) -> None:
-    _atomic_csv(out, ["path", "predicted", *[f"prob_{c}" for c in classes], "abstain", "error"],
+    write_csv(out, ["path", "predicted", *[f"prob_{c}" for c in classes], "abstain", "error"],
                 ([p.path, p.label or "", *[f"{p.probabilities[c]:.6f}" if p.probabilities else "" for c in classes],
                   ("yes" if p.abstain else "no") if p.probabilities else "", p.error or ""] for p in preds))
 
@@ -395,5 +397,5 @@ def aggregate_patients(preds: Sequence[Prediction], pattern: str, how: Literal["
 
 
 def write_patients_csv(out: str | Path, patients: list[PatientPrediction], classes: list[str]) -> None:
-    _atomic_csv(out, ["patient", "images", "predicted", *[f"prob_{c}" for c in classes]],
+    write_csv(out, ["patient", "images", "predicted", *[f"prob_{c}" for c in classes]],
                 ([p.patient, p.images, p.label, *[f"{p.probabilities[c]:.6f}" for c in classes]] for p in patients))

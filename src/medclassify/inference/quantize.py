@@ -9,17 +9,19 @@ figures go into export.json["int8"], and nothing chooses it unless asked (`--bac
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
-import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, RunError
+from ..io import atomic_path, check_output_file
 from ..reporting import Reporter
-from ..run import Run, load_run, write_json
+from ..run import Run, load_run
+from .exported import INT8_FILE, META_FILE, ONNX_FILE, file_sha256, read_export_meta
 
-INT8_FILE = "model.int8.onnx"
 CALIBRATION_IMAGES = 256
 CHECK_IMAGES = 1024
 DEFAULT_MAX_DROP = 0.01  # validation accuracy (absolute) the int8 model may lose against float
@@ -40,7 +42,7 @@ def _existing(run: Run, split: str) -> list[tuple[str, int]]:
 def quantize_int8(run: Run | str | Path, reporter: Reporter | None = None, max_drop: float = DEFAULT_MAX_DROP,
                   calibration: int = CALIBRATION_IMAGES, check: int = CHECK_IMAGES) -> dict:
     """Write model.int8.onnx next to an up-to-date model.onnx; returns the int8 section of export.json."""
-    from .predictor import Predictor, _ort_session, onnx_is_current, weights_hash
+    from .predictor import Predictor, onnx_is_current, weights_hash
 
     try:
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -50,6 +52,8 @@ def quantize_int8(run: Run | str | Path, reporter: Reporter | None = None, max_d
         raise ConfigError("int8 quantisation needs onnxruntime.", "pip install 'medclassify[export]'.") from None
     reporter = reporter or Reporter(quiet=True)
     run = run if isinstance(run, Run) else load_run(run)
+    for name in (INT8_FILE, META_FILE):
+        check_output_file(run.path / name, what="export")
     version = weights_hash(run.path)
     if not onnx_is_current(run, version):
         raise RunError(f"Run {run.path} has no up-to-date model.onnx to quantise.",
@@ -75,68 +79,47 @@ def quantize_int8(run: Run | str | Path, reporter: Reporter | None = None, max_d
             return {float_pred._input_name: cal[self.start - 32 : self.start]}
 
     target = run.path / INT8_FILE
-    pre = run.path / f".model.pre.onnx.partial-{os.getpid()}"
-    tmp = run.path / f".{INT8_FILE}.partial-{os.getpid()}"
     quiet = logging.getLogger().level
-    try:
-        logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs a warning per shape tensor it skips
-        reporter.info(f"Calibrating int8 ranges on {len(cal_paths)} training images ...")
-        quant_pre_process(str(run.path / "model.onnx"), str(pre))
-        quantize_static(str(pre), str(tmp), Batches(), quant_format=QuantFormat.QOperator, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
-        os.replace(tmp, target)
+    with tempfile.TemporaryDirectory(prefix="medclassify-int8-") as work, atomic_path(target) as tmp:
+        try:
+            logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs a warning per shape tensor it skips
+            reporter.info(f"Calibrating int8 ranges on {len(cal_paths)} training images ...")
+            pre = Path(work) / "model.pre.onnx"
+            quant_pre_process(str(run.path / ONNX_FILE), str(pre))
+            quantize_static(str(pre), str(tmp), Batches(), quant_format=QuantFormat.QOperator, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+        finally:
+            logging.getLogger().setLevel(quiet)
         images = np.stack([float_pred.load(p) for p, _ in checked])
         labels = np.array([y for _, y in checked])
         p_float = float_pred.probabilities(images)
-        int8_pred = Predictor(run, backend="onnx")
-        int8_pred.session = _ort_session(target, None)
-        p_int8 = int8_pred.probabilities(images)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
-    finally:
-        logging.getLogger().setLevel(quiet)
-        pre.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
-    acc_float = float((p_float.argmax(1) == labels).mean())
-    acc_int8 = float((p_int8.argmax(1) == labels).mean())
-    section = {
-        "file": INT8_FILE, "weights_version": version, "format": "QOperator, per-channel int8 weights, uint8 activations",
-        "calibration_images": len(cal_paths), "calibration_split": "train",
-        "check": {"split": check_split, "images": len(checked),
-                  "accuracy_float": acc_float, "accuracy_int8": acc_int8,
-                  "agreement": float((p_float.argmax(1) == p_int8.argmax(1)).mean()),
-                  "max_abs_probability_diff": float(np.abs(p_float - p_int8).max()),
-                  "mean_abs_probability_diff": float(np.abs(p_float - p_int8).mean()), "max_drop": max_drop},
-        "bytes": target.stat().st_size,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if acc_float - acc_int8 > max_drop:
-        target.unlink(missing_ok=True)
-        raise RunError(f"int8 quantisation of {run.path} loses {100 * (acc_float - acc_int8):.1f} points of "
-                       f"{section['check']['split']} accuracy ({100 * acc_float:.1f}% -> {100 * acc_int8:.1f}%, limit "
-                       f"{100 * max_drop:.1f}); {INT8_FILE} was not kept.",
-                       "serve the float model (the default), or accept the loss with --max-int8-drop.")
-    meta_path = run.path / "export.json"
-    import json
-
-    meta = json.loads(meta_path.read_text())
-    meta["int8"] = section
-    write_json(meta_path, meta)
+        p_int8 = Predictor(run, backend="onnx", onnx_file=tmp).probabilities(images)
+        acc_float = float((p_float.argmax(1) == labels).mean())
+        acc_int8 = float((p_int8.argmax(1) == labels).mean())
+        section = {
+            "file": INT8_FILE, "weights_version": version, "sha256": file_sha256(tmp),
+            "format": "QOperator, per-channel int8 weights, uint8 activations",
+            "calibration_images": len(cal_paths), "calibration_split": "train",
+            "check": {"status": "passed", "split": check_split, "images": len(checked),
+                      "accuracy_float": acc_float, "accuracy_int8": acc_int8,
+                      "agreement": float((p_float.argmax(1) == p_int8.argmax(1)).mean()),
+                      "max_abs_probability_diff": float(np.abs(p_float - p_int8).max()),
+                      "mean_abs_probability_diff": float(np.abs(p_float - p_int8).mean()), "max_drop": max_drop},
+            "bytes": tmp.stat().st_size,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        if acc_float - acc_int8 > max_drop:
+            raise RunError(f"int8 quantisation of {run.path} loses {100 * (acc_float - acc_int8):.1f} points of "
+                           f"{check_split} accuracy ({100 * acc_float:.1f}% -> {100 * acc_int8:.1f}%, limit "
+                           f"{100 * max_drop:.1f}); the new {INT8_FILE} was not kept.",
+                           "serve the float model (the default), or accept the loss with --max-int8-drop.")
+        meta = read_export_meta(run.path)
+        meta["int8"] = section
+        with atomic_path(run.path / META_FILE) as meta_tmp:  # renamed before the model: see exported.py
+            meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     c = section["check"]
     reporter.info(f"int8 model written ({section['bytes'] / 1e6:.1f} MB); on {c['images']} {c['split']} images: accuracy "
                   f"{100 * c['accuracy_float']:.1f}% float vs {100 * c['accuracy_int8']:.1f}% int8, "
                   f"{100 * c['agreement']:.1f}% same class.")
     return section
-
-
-def int8_is_current(run: Run, version: str) -> bool:
-    import json
-
-    try:
-        meta = json.loads((run.path / "export.json").read_text())
-    except (OSError, ValueError):
-        return False
-    section = meta.get("int8") or {}
-    return section.get("weights_version") == version and (run.path / INT8_FILE).is_file()

@@ -26,6 +26,7 @@ from ..data.transforms import augment, get_preset
 from ..errors import ConfigError
 from ..evaluation.metrics import compute_metrics
 from ..inference.cached import autocast_context, predict_rows
+from ..io import write_csv
 from ..models import create_model, get_spec
 from ..reporting import Reporter
 from ..run import FORMAT_VERSION, RunWriter, load_run, save_weights, write_json, write_split_csv
@@ -336,10 +337,8 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
     trainer = Trainer(config, data, reporter)
     check_input_size(trainer.build_model().cpu(), config.image_size, data.preprocessing.channels, config.model)
     write_split_csv(writer.path / "split.csv", data.records)
-    if data.skipped:
-        with open(writer.path / "skipped.csv", "w") as f:
-            f.write("path,reason\n")
-            f.writelines(f'"{p}","{r}"\n' for p, r in data.skipped.items())
+    if data.skipped:  # quoted by the csv module: a path may hold commas, quotes or newlines
+        write_csv(writer.path / "skipped.csv", ["path", "reason"], data.skipped.items())
     info = {
         "format_version": FORMAT_VERSION,
         "medclassify_version": __version__,
