@@ -48,6 +48,9 @@ def os_error_reason(path: Path | str, e: OSError) -> UnreadableImage:
     if isinstance(e, PermissionError):
         return UnreadableImage(path, "permission denied (cannot read the file)", transient=True)
     if isinstance(e, IsADirectoryError):
+        real, parent = os.path.realpath(path), os.path.realpath(os.path.dirname(os.path.abspath(path)))
+        if os.path.islink(path) and (parent + os.sep).startswith(real.rstrip(os.sep) + os.sep):
+            return UnreadableImage(path, f"symbolic link loop (to the folder {real} above it)")
         return UnreadableImage(path, "is a folder, not a file")
     if e.errno == errno.ELOOP:
         return UnreadableImage(path, "symbolic link loop")
