@@ -84,6 +84,8 @@ def detect_channels(paths: Sequence[str], sample: int = 200, seed: int = 0) -> t
             info = probe(p, max_side=128)
         except UnreadableImage:
             continue
+        except Exception:  # any per-file failure: the cache lists it with its reason, the sample goes on
+            continue
         if info.gray_content:
             grey += 1
         else:
