@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,23 +132,33 @@ def read_header(path: Path | str, data: bytes | None = None) -> Header:
     suffix, fmt = kind
     source = path if data is None else io.BytesIO(data)
     if fmt == "DICOM":
-        import pydicom
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns on invalid values; the reason names them
+            return _dicom_header(path, source, suffix)
+    return _pillow_header(path, source, fmt, suffix)
 
-        try:
-            ds = pydicom.dcmread(source, stop_before_pixels=True)
-        except OSError as e:
-            if e.errno is None:
-                raise UnreadableImage(path, f"cannot parse DICOM header ({type(e).__name__})") from None
-            raise os_error_reason(path, e) from None
-        except Exception as e:
+
+def _dicom_header(path: Path | str, source, suffix: str) -> Header:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+    except OSError as e:
+        if e.errno is None:
             raise UnreadableImage(path, f"cannot parse DICOM header ({type(e).__name__})") from None
-        if "Rows" not in ds or "Columns" not in ds:
-            raise UnreadableImage(path, "DICOM file has no pixel data (no Rows/Columns: a report or structured document?)")
-        try:
-            return Header(fmt, suffix, _dicom_int(ds, "Columns", 0), _dicom_int(ds, "Rows", 0),
-                          _dicom_int(ds, "NumberOfFrames", 1))
-        except ValueError as e:
-            raise UnreadableImage(path, str(e)) from None
+        raise os_error_reason(path, e) from None
+    except Exception as e:
+        raise UnreadableImage(path, f"cannot parse DICOM header ({type(e).__name__})") from None
+    if "Rows" not in ds or "Columns" not in ds:
+        raise UnreadableImage(path, "DICOM file has no pixel data (no Rows/Columns: a report or structured document?)")
+    try:
+        return Header("DICOM", suffix, _dicom_int(ds, "Columns", 0), _dicom_int(ds, "Rows", 0),
+                      _dicom_int(ds, "NumberOfFrames", 1))
+    except ValueError as e:
+        raise UnreadableImage(path, str(e)) from None
+
+
+def _pillow_header(path: Path | str, source, fmt: str, suffix: str) -> Header:
     from PIL import Image
 
     try:
