@@ -196,7 +196,7 @@ def test_dangling_links_and_loops_in_a_dataset_are_counted_skips(tmp_path, quiet
     assert len([r for r in index.records if r.label == "b"]) == 5  # deep.png counted once, not once per loop
     data = run_prepare(root, quiet)
     assert set(index.skipped) <= set(data.skipped) and data.summary()["skipped_unreadable"] == 4
-    assert any("4 unreadable file(s) or folder(s) skipped" in m for lvl, m in quiet.messages if lvl == "warning")
+    assert any("4 unreadable file(s) skipped" in m for lvl, m in quiet.messages if lvl == "warning")
 
 
 def test_a_linked_class_folder_is_followed(tmp_path):

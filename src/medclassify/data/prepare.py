@@ -111,7 +111,7 @@ def prepare(
     skipped = dict(sorted({**index.skipped, **cache.errors}.items()))
     if skipped:
         first = next(iter(skipped.items()))
-        reporter.warn(f"{len(skipped)} unreadable file(s) or folder(s) skipped and listed in the run's skipped.csv "
+        reporter.warn(f"{len(skipped)} unreadable file(s) skipped and listed in the run's skipped.csv "
                       f"(first: {first[0]}: {first[1]}).")
     records = [r for r in index.records if r.path not in skipped]
     lost = {r.label for r in index.records} - {r.label for r in records if r.split in (None, "train")}
