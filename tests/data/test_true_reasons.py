@@ -300,3 +300,15 @@ def test_header_of_bytes_and_of_path_agree(tmp_path):
     path = img(tmp_path / "a.png", size=20)
     assert formats.read_header(path) == formats.read_header("x", data=path.read_bytes())
     assert formats.read_header(path).width == 20
+
+
+def test_cnmc_dangling_link_is_a_listed_skip(tmp_path):
+    root = tmp_path / "C-NMC_Leukemia"
+    for c, uid in (("all", "UID_1_1_1_all"), ("hem", "UID_H2_1_1_hem")):
+        for i in range(2):
+            img(root / "training_data" / "fold_0" / c / f"{uid}{i}.bmp", value=i + (5 if c == "hem" else 0))
+    link = root / "training_data" / "fold_0" / "all" / "UID_3_1_1_all.bmp"
+    os.symlink(tmp_path / "gone.bmp", link)
+    index = scan_folder(tmp_path)
+    assert index.layout == "cnmc" and len(index.records) == 4
+    assert index.skipped == {str(link): f"dangling symbolic link (to {tmp_path / 'gone.bmp'})"}
