@@ -57,7 +57,7 @@ def test_extra_top_level_folder_is_listed_and_left_out(tmp_path, quiet):
     data = prepare(str(root), image_size=16, resize="pad", channels=1, normalize="fixed", mean=(0.5,), std=(0.25,),
                    patient_pattern=None, val_fraction=0.25, test_fraction=0.25, seed=0, reporter=quiet, workers=1)
     warnings = [m for lvl, m in quiet.messages if lvl == "warning"]
-    assert any("left out: External" in m and "--splits train=Training,test=External" in m for m in warnings)
+    assert any("left out: External" in m and "--splits train=train,test=External." in m for m in warnings)
     assert data.index.left_out == [str(root / "External")]
     lines = summary_lines(audit_dataset(root).report)
     assert any(line.startswith("Left out: 1 top-level folder(s)") and "External" in line for line in lines)

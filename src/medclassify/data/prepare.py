@@ -134,8 +134,11 @@ def report_scan(index: DatasetIndex, reporter: Reporter) -> None:
     """Say which top-level folders were left out of a split-folder dataset."""
     if index.left_out:
         names = ", ".join(Path(p).name for p in index.left_out)
+        root = Path(index.left_out[0]).parent
+        train = next((Path(r.path).relative_to(root).parts[0] for r in index.records
+                      if r.split == "train" and Path(r.path).is_relative_to(root)), "TRAIN_FOLDER")
         reporter.warn(f"{len(index.left_out)} top-level folder(s) beside the split folders left out: {names}. "
-                      "To use one, name the splits, e.g. --splits train=Training,test=" + Path(index.left_out[0]).name + ".")
+                      f"To use one, name the splits, e.g. --splits train={train},test={Path(index.left_out[0]).name}.")
 
 
 def carve_splits(records: list[Record], val_fraction: float, test_fraction: float, seed: int,

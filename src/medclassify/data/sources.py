@@ -187,7 +187,7 @@ def scan_folder(root: Path | str, splits: str | dict | None = None) -> DatasetIn
     cnmc = find_cnmc_root(root) if not named else None
     if cnmc is not None:
         return scan_cnmc(cnmc)
-    subdirs, skipped = _top_folders(root)
+    subdirs, skipped = _top_folders(root.absolute())  # skipped paths absolute, links unresolved
     split_dirs = _named_split_dirs(root, subdirs, named) if named else {d: _split_of(d.name) for d in subdirs}
     left_out: list[str] = []
     if subdirs and any(split_dirs.values()):
@@ -212,7 +212,7 @@ def scan_folder(root: Path | str, splits: str | dict | None = None) -> DatasetIn
             raise DataError(f"{root} has split folders but no train folder.",
                             "add a train (or Training) folder with one sub-folder per class, or name it with --splits train=FOLDER.")
     else:
-        records, ignored, empty, bad = _scan_classes(root, None)
+        records, ignored, empty, bad = _scan_classes(root.absolute(), None)
         skipped.update(bad)
         if empty:
             raise DataError(f"Class folder(s) {', '.join(empty)} in {root} hold no images.", "remove the empty folder or add its images.")
