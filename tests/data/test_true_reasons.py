@@ -312,3 +312,18 @@ def test_cnmc_dangling_link_is_a_listed_skip(tmp_path):
     index = scan_folder(tmp_path)
     assert index.layout == "cnmc" and len(index.records) == 4
     assert index.skipped == {str(link): f"dangling symbolic link (to {tmp_path / 'gone.bmp'})"}
+
+
+def test_channel_detection_survives_any_per_file_exception(tmp_path, monkeypatch):
+    from medclassify.data import preprocessing
+
+    paths = [str(img(tmp_path / f"{i}.png", value=i)) for i in range(5)]
+    real = preprocessing.probe
+
+    def flaky(p, **k):
+        if p == paths[1]:
+            raise RuntimeError("a decoder bug, not UnreadableImage")
+        return real(p, **k)
+
+    monkeypatch.setattr(preprocessing, "probe", flaky)
+    assert preprocessing.detect_channels(paths) == (1, 4, 0)
