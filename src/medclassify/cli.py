@@ -65,6 +65,7 @@ def train(
     pretrained: str = typer.Option(None, help="auto, imagenet (offline, efficientnet_lite*), hub (online) or none."),
     weights: Path = typer.Option(None, help="Local state-dict or safetensors file to start from."),
     patient_pattern: str = typer.Option(None, "--patient-pattern", help="Regex with a named group 'patient' (or preset: kermany, cnmc) to keep each patient in one split."),
+    splits: str = typer.Option(None, "--splits", help="Which top-level folder is which split, e.g. train=Training,test=External (other folders are left out)."),
     val_fraction: float = typer.Option(None, "--val-fraction"),
     test_fraction: float = typer.Option(None, "--test-fraction"),
     early_stopping: int = typer.Option(None, "--early-stopping", help="Patience in epochs; 0 disables."),
@@ -90,7 +91,7 @@ def train(
         label_smoothing=label_smoothing, freeze=freeze, ema=ema, pretrained=pretrained, weights=str(weights) if weights else None,
         patient_pattern=patient_pattern, val_fraction=val_fraction, test_fraction=test_fraction,
         early_stopping=early_stopping, monitor=monitor, precision=precision, device=device, seed=seed, threads=threads,
-        dedupe=dedupe, strict=strict,
+        dedupe=dedupe, strict=strict, splits=splits,
     ).items() if v is not None}
     if channels is not None:
         given["channels"] = channels if channels == "auto" else int(channels) if channels.isdigit() else channels

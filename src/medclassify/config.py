@@ -49,6 +49,7 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)
     patient_pattern: str | None = None
+    splits: str | None = None  # which top-level folder is which split: "train=Training,test=External"
     dedupe: bool = False  # keep only the held-out copy of cross-split duplicates; drop conflicting-label groups
     strict: bool = False  # refuse to train on leakage or conflicting labels
     precision: Literal["auto", "fp32", "bf16"] = "auto"

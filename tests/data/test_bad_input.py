@@ -47,7 +47,7 @@ def test_csv_unknown_label_in_test(tmp_path):
     for n in "123":
         img(tmp_path / f"{n}.png")
     csv = write_csv(tmp_path / "labels.csv", ["1.png,a,train", "2.png,b,train", "3.png,tumour,test"])
-    with pytest.raises(DataError, match="train split lacks: tumour"):
+    with pytest.raises(DataError, match="label .tumour. in the test rows of labels.csv is not a train class"):
         read_labels_csv(csv)
 
 

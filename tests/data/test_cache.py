@@ -16,7 +16,7 @@ def test_cache_decodes_once_and_reuses(tmp_path):
     paths.append(str(bad))
     first = build_cache(paths, 16, "pad", 1, workers=1, root=tmp_path / "c")
     assert not first.hit
-    assert first.errors == {str(bad): first.errors[str(bad)]} and "not an image" in first.errors[str(bad)]
+    assert first.errors == {str(bad): first.errors[str(bad)]} and "not a PNG, JPEG" in first.errors[str(bad)]
     assert first.images.shape == (6, 16, 16, 1)
     assert np.array_equal(first.images[first.row_of[paths[2]]], load_for_model(paths[2], 16, "pad", 1))
     second = build_cache(paths, 16, "pad", 1, workers=1, root=tmp_path / "c")

@@ -62,7 +62,7 @@ def test_rescale_then_window(tmp_path):
     hu = pixels.astype(float) - 1000
     assert (arr[hu <= -100] == 0).all() and (arr[hu >= 100] == 255).all()
     mid = (hu > -90) & (hu < 90)
-    expected = (hu[mid] + 100) / 200 * 255
+    expected = ((hu[mid] - (0 - 0.5)) / (200 - 1) + 0.5) * 255  # DICOM PS3.3 C.11.2.1.2.1, LINEAR
     assert np.abs(arr[mid] - expected).max() <= 1.0
 
 

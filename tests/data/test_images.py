@@ -29,7 +29,7 @@ def test_palette_and_rgba_become_rgb(tmp_path):
     assert decode(tmp_path / "a.png").shape == (10, 10, 3)
 
 
-@pytest.mark.parametrize("content,reason", [(b"", "empty file"), (b"not an image at all", "not an image")])
+@pytest.mark.parametrize("content,reason", [(b"", "empty file"), (b"not an image at all", "not a PNG, JPEG")])
 def test_unreadable_files_have_reasons(tmp_path, content, reason):
     p = tmp_path / "bad.jpg"
     p.write_bytes(content)

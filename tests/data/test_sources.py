@@ -68,7 +68,7 @@ def test_split_with_unknown_class(tmp_path):
     write(tmp_path / "train" / "a" / "1.png")
     write(tmp_path / "train" / "b" / "1.png")
     write(tmp_path / "test" / "c" / "1.png")
-    with pytest.raises(DataError, match="classes the train split lacks: c"):
+    with pytest.raises(DataError, match=r"class folder 'c' in the test split of .* is not a train class \(train classes: a, b\)"):
         scan_folder(tmp_path)
 
 

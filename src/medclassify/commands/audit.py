@@ -14,6 +14,7 @@ def audit(
     data: Path = typer.Argument(..., help="Dataset: folder (class folders, optionally in split folders), labels CSV, MedMNIST .npz or C-NMC download."),
     out: Path = typer.Option(Path("audit"), "--out", "-o", help="Folder for audit.json and audit.html."),
     patient_pattern: str = typer.Option(None, "--patient-pattern", help="Regex with a named group 'patient', or a preset: kermany, cnmc."),
+    splits: str = typer.Option(None, "--splits", help="Which top-level folder is which split, e.g. train=Training,test=External (other folders are left out)."),
     strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when splits leak (duplicates or patients across splits) or labels conflict."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -23,7 +24,7 @@ def audit(
 
     check_output_folder(out, inputs=[data], protected_dirs=[data] if data.is_dir() else [],
                         files=[out / "audit.json", out / "audit.html"])
-    result = audit_dataset(data, patient_pattern, reporter=_reporter(quiet))
+    result = audit_dataset(data, patient_pattern, reporter=_reporter(quiet), splits=splits)
     lines = write_audit(result, out)
     for line in lines:
         typer.secho(line, fg="red" if line.startswith(("LEAKAGE", "CONFLICTING")) else None, bold=line.startswith(("LEAKAGE", "CONFLICTING")))

@@ -145,7 +145,8 @@ def build_report(index: DatasetIndex, records: Sequence[Record], fp: Fingerprint
     sizes = Counter(f"{fp.width[k]}x{fp.height[k]}" for k in ok_rows.tolist())
     modes = Counter(fp.mode[k] for k in ok_rows.tolist())
     grey_rgb = [fp.paths[k] for k in ok_rows.tolist() if fp.gray[k] and fp.channels[k] == 3]
-    unreadable = [{"path": p, "reason": fp.errors[p]} for p in sorted(by_path) if p in fp.errors]
+    unreadable = sorted([{"path": p, "reason": fp.errors[p]} for p in by_path if p in fp.errors]
+                        + [{"path": p, "reason": r} for p, r in index.skipped.items()], key=lambda u: u["path"])
     exact_groups, near_groups = _present(dups.exact, by_path), _present(dups.near, by_path)
     exact = [_group_entry(g, by_path, "exact") for g in exact_groups]
     exact_sets = {tuple(g) for g in exact_groups}
@@ -179,6 +180,7 @@ def build_report(index: DatasetIndex, records: Sequence[Record], fp: Fingerprint
         "unreadable": {"count": len(unreadable), "files": unreadable[:MAX_LISTED]},
         "ignored_non_image_files": len(index.ignored_files),
         "unlabelled_images": len(index.unlabelled),
+        "left_out_folders": list(index.left_out),
         "exact_duplicates": {
             "groups": len(exact), "images": sum(g["size"] for g in exact),
             "within_one_split_and_class": sum(1 for g in exact if len(g["splits"]) <= 1 and len(g["labels"]) == 1),
@@ -228,8 +230,8 @@ def fingerprint_index(index: DatasetIndex, reporter=None, workers: int | None = 
 
 
 def audit_dataset(data: str | Path, patient_pattern: str | None = None, reporter=None,
-                  workers: int | None = None) -> AuditResult:
-    index = attach_patients(scan_folder(data), patient_pattern)
+                  workers: int | None = None, splits: str | None = None) -> AuditResult:
+    index = attach_patients(scan_folder(data, splits), patient_pattern)
     fp = fingerprint_index(index, reporter, workers)
     dups = find_duplicates(fp)
     return AuditResult(build_report(index, index.records, fp, dups, patient_pattern), index, fp, dups)
@@ -289,6 +291,10 @@ def summary_lines(report: dict) -> list[str]:
                  + ", ".join(f"{m} {n}" for m, n in report["modes"].items()) + ".")
     for split, lack in report["missing_classes"].items():
         lines.append(f"The {split} split has no images of {', '.join(lack)}.")
+    left = report.get("left_out_folders") or []
+    if left:
+        lines.append(f"Left out: {len(left)} top-level folder(s) beside the split folders ({', '.join(Path(p).name for p in left)}); "
+                     "name them with --splits to use them.")
     return lines
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from .cache import write_text_atomic
-from .images import UnreadableImage, decode
+from .images import decode
 
 THUMB_SIDE = 128
 GROUPS_SHOWN = 60  # per section; audit.json lists more
@@ -27,7 +27,7 @@ figure{margin:0;width:140px;font-size:11px;word-break:break-all}figure img{width
 def thumbnail_data_uri(path: str, side: int = THUMB_SIDE) -> str | None:
     try:
         arr = decode(path, draft_size=side)
-    except UnreadableImage:
+    except Exception:  # one bad file never stops the page
         return None
     img = Image.fromarray(arr)
     img.thumbnail((side, side))

@@ -11,7 +11,7 @@ import os
 import signal
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -106,6 +106,8 @@ class ImageCache:
     errors: dict[str, str]  # path -> reason, for files that could not be decoded
     build_seconds: float  # 0 when loaded from disk
     row_of: dict[str, int]
+    # Errors that may pass without the file changing (permission denied, I/O): retried on every load.
+    transient: list[str] = field(default_factory=list)
 
     def rows(self, paths: Sequence[str]) -> np.ndarray:
         return np.fromiter((self.row_of[p] for p in paths), dtype=np.int64, count=len(paths))
@@ -118,11 +120,13 @@ class ImageCache:
 def _decode_one(args):
     path, size, resize_mode, channels = args
     try:
-        return path, load_for_model(path, size, resize_mode, channels), None
+        return path, load_for_model(path, size, resize_mode, channels), None, False
     except UnreadableImage as e:
-        return path, None, e.reason
+        return path, None, e.reason, e.transient
+    except OSError as e:  # the OS failed a read: not the file's content, so not for keeps
+        return path, None, f"{type(e).__name__}: {e}", True
     except Exception as e:  # a worker must never die on one file
-        return path, None, f"{type(e).__name__}: {e}"
+        return path, None, f"{type(e).__name__}: {e}", False
 
 
 def build_cache(
@@ -140,21 +144,25 @@ def build_cache(
     final = root / key
     if (final / "index.json").is_file():
         try:
-            return _open(final)
+            return retry_transient(_open(final), size, resize_mode, channels)
         except (OSError, ValueError, KeyError):
             shutil.rmtree(final, ignore_errors=True)  # a damaged entry is rebuilt
     t0 = time.perf_counter()
     with cache_entry(final) as building:
         arr = np.lib.format.open_memmap(building / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), size, size, channels))
         errors: dict[str, str] = {}
+        transient: list[str] = []
         row_of = {p: i for i, p in enumerate(paths)}
         jobs = [(p, size, resize_mode, channels) for p in paths]
         done = 0
-        for path, img, err in map_files(_decode_one, jobs, workers):
+        for path, img, err, passing in map_files(_decode_one, jobs, workers):
             done = _store(arr, row_of, errors, path, img, err, done, len(paths), progress)
+            if passing:
+                transient.append(path)
         arr.flush()
         del arr
         write_json(building / "index.json", {"version": CACHE_VERSION, "paths": paths, "errors": errors,
+                                            "transient": sorted(transient),
                                             "size": size, "resize": resize_mode, "channels": channels})
     cache = _open(final)
     cache.build_seconds = time.perf_counter() - t0
@@ -178,4 +186,31 @@ def _open(directory: Path) -> ImageCache:
     paths = meta["paths"]
     if images.shape[0] != len(paths):
         raise ValueError("cache index and array disagree")
-    return ImageCache(directory, paths, images, meta["errors"], 0.0, {p: i for i, p in enumerate(paths)})
+    return ImageCache(directory, paths, images, meta["errors"], 0.0, {p: i for i, p in enumerate(paths)},
+                      list(meta.get("transient", [])))
+
+
+def retry_transient(cache: ImageCache, size: int, resize_mode: str, channels: int) -> ImageCache:
+    """Decode again the files whose error may have passed (permission denied, I/O error): a file made
+    readable again is decoded into its row, and the index no longer lists it."""
+    if not cache.transient:
+        return cache
+    results = [_decode_one((p, size, resize_mode, channels)) for p in cache.transient]
+    if all(err is not None and passing and cache.errors.get(p) == err for p, _, err, passing in results):
+        return cache  # nothing changed: leave the entry alone
+    images = np.load(cache.directory / "images.npy", mmap_mode="r+")
+    errors, transient = dict(cache.errors), []
+    for path, img, err, passing in results:
+        errors.pop(path, None)
+        if err is None:
+            images[cache.row_of[path]] = img
+        else:
+            errors[path] = err
+            if passing:
+                transient.append(path)
+    images.flush()
+    del images
+    meta = json.loads((cache.directory / "index.json").read_text())
+    meta.update(errors=errors, transient=transient)
+    write_json(cache.directory / "index.json", meta)
+    return _open(cache.directory)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .images import is_image_file
+from .listing import entry_problem
 from .patients import PRESETS
 from .sources import DatasetIndex, Record, check_usable
 
@@ -41,7 +42,18 @@ def _patient(name: str) -> str | None:
     return m.group("patient") if m else None
 
 
-def _train_records(root: Path) -> tuple[list[Record], list[str]]:
+def _broken_link(p: Path) -> str | None:
+    """The reason an image-named link cannot be followed (dangling, loop), or None."""
+    if not (p.is_symlink() and is_image_file(p)) or p.exists():
+        return None
+    try:
+        p.stat()
+    except OSError as e:
+        return entry_problem(p, e)
+    return None
+
+
+def _train_records(root: Path, skipped: dict[str, str]) -> tuple[list[Record], list[str]]:
     records, ignored = [], []
     for fold in sorted(p for p in (root / "training_data").iterdir() if p.is_dir()):
         for cdir in sorted(p for p in fold.iterdir() if p.is_dir()):
@@ -50,7 +62,10 @@ def _train_records(root: Path) -> tuple[list[Record], list[str]]:
                 raise DataError(f"Unexpected class folder {cdir} in the C-NMC training data.",
                                 f"C-NMC folds hold only {' and '.join(CLASSES)}; move or remove it.")
             for p in sorted(cdir.iterdir()):
-                if p.is_file() and is_image_file(p):
+                reason = _broken_link(p)
+                if reason:
+                    skipped[str(p)] = reason
+                elif p.is_file() and is_image_file(p):
                     records.append(Record(str(p.resolve()), label, "train", _patient(p.name)))
                 elif p.is_file() and not p.name.startswith("."):
                     ignored.append(str(p))
@@ -107,12 +122,13 @@ def _test_records(root: Path) -> tuple[list[Record], list[str]]:
 
 
 def scan_cnmc(root: Path) -> DatasetIndex:
-    train, ignored = _train_records(root)
+    skipped: dict[str, str] = {}
+    train, ignored = _train_records(root, skipped)
     test, unlabelled = _test_records(root)
     final = root / "testing_data"
     if final.is_dir():
         unlabelled += [str(p) for p in sorted(final.rglob("*")) if p.is_file() and is_image_file(p)]
     index = DatasetIndex(str(root.resolve()), train + test, sorted({r.label for r in train + test}), "cnmc",
-                         ignored, unlabelled)
+                         ignored, unlabelled, skipped=skipped)
     check_usable(index)
     return index

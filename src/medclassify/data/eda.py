@@ -14,7 +14,7 @@ import numpy as np
 from ..io import check_output_folder, write_text, write_with
 from .audit import fingerprint_index
 from .fingerprints import HIST_BINS
-from .images import UnreadableImage, decode
+from .images import decode
 from .sources import attach_patients, scan_folder
 
 SAMPLES_PER_CLASS = 8
@@ -68,7 +68,7 @@ def sample_grid(index, out: Path, seed: int = 0) -> Path:
                 try:
                     arr = decode(picks[col], draft_size=128)
                     ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=255)
-                except UnreadableImage:
+                except Exception:  # per file: UnreadableImage, or anything else one bad file raises
                     ax.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=8)
             if col == 0:
                 ax.set_title(c, loc="left", fontsize=10)

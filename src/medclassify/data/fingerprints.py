@@ -53,9 +53,11 @@ def _one(path: str):
     try:
         arr = decode(path)
     except UnreadableImage as e:
-        return path, None, e.reason
+        return path, None, e.reason, e.transient
+    except OSError as e:
+        return path, None, f"{type(e).__name__}: {e}", True
     except Exception as e:  # a worker must never die on one file
-        return path, None, f"{type(e).__name__}: {e}"
+        return path, None, f"{type(e).__name__}: {e}", False
     g = hashing.grey(arr)
     thumb = hashing.thumbnail(g)
     hist = np.bincount(g.ravel() >> (8 - int(np.log2(HIST_BINS))), minlength=HIST_BINS) / g.size
@@ -63,7 +65,7 @@ def _one(path: str):
         "width": arr.shape[1], "height": arr.shape[0], "mode": stored_mode(path), "gray": is_gray_content(arr),
         "channels": 1 if arr.ndim == 2 else arr.shape[2], "exact": hashing.exact_hash(arr), "thumb": thumb,
         "coefs": hashing.coefficients(thumb), "mean": float(g.mean()), "std": float(g.std()), "hist": hist,
-    }, None
+    }, None, False
 
 
 def compute_fingerprints(paths: Sequence[str], workers: int | None = None,
@@ -83,8 +85,10 @@ def compute_fingerprints(paths: Sequence[str], workers: int | None = None,
                       np.zeros(n, np.int8), [""] * n, np.zeros((n, hashing.THUMB, hashing.THUMB), np.uint8),
                       np.zeros((n, len(hashing.ANGLES), hashing.HASH_BITS), np.float32), np.zeros(n, np.float32),
                       np.zeros(n, np.float32), np.zeros((n, HIST_BINS), np.float32))
-    for done, (path, info, err) in enumerate(map_files(_one, paths, workers), start=1):
+    transient = False
+    for done, (path, info, err, passing) in enumerate(map_files(_one, paths, workers), start=1):
         i = row[path]
+        transient |= passing
         if err is not None:
             fp.errors[path] = err
         else:
@@ -93,7 +97,8 @@ def compute_fingerprints(paths: Sequence[str], workers: int | None = None,
             fp.mean[i], fp.std[i], fp.hist[i] = info["mean"], info["std"], info["hist"]
         if progress:
             progress(done, n)
-    _save(fp, final)
+    if not transient:  # a permission or I/O error may pass: the next audit must look again
+        _save(fp, final)
     return fp
 
 

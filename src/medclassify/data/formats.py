@@ -7,7 +7,10 @@ count) before anything is decoded, so the pixel limit holds for every format.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +34,32 @@ HEAD_BYTES = 132
 
 
 class UnreadableImage(Exception):
-    """A file that cannot be decoded; `reason` is a short human-readable cause."""
+    """A file that cannot be decoded; `reason` is a short human-readable cause. `transient` marks a
+    cause that may pass without the file changing (permission, I/O error): never cache it."""
 
-    def __init__(self, path: Path | str, reason: str):
+    def __init__(self, path: Path | str, reason: str, transient: bool = False):
         self.path = str(path)
         self.reason = reason
+        self.transient = transient
         super().__init__(f"{path}: {reason}")
+
+
+def os_error_reason(path: Path | str, e: OSError) -> UnreadableImage:
+    """The true reason an OS-level read failed (permission, missing, symbolic link, I/O)."""
+    if isinstance(e, PermissionError):
+        return UnreadableImage(path, "permission denied (cannot read the file)", transient=True)
+    if isinstance(e, IsADirectoryError):
+        real, parent = os.path.realpath(path), os.path.realpath(os.path.dirname(os.path.abspath(path)))
+        if os.path.islink(path) and (parent + os.sep).startswith(real.rstrip(os.sep) + os.sep):
+            return UnreadableImage(path, f"symbolic link loop (to the folder {real} above it)")
+        return UnreadableImage(path, "is a folder, not a file")
+    if e.errno == errno.ELOOP:
+        return UnreadableImage(path, "symbolic link loop")
+    if isinstance(e, FileNotFoundError):
+        if os.path.islink(path):
+            return UnreadableImage(path, f"dangling symbolic link (to {os.readlink(path)})")
+        return UnreadableImage(path, "file does not exist")
+    return UnreadableImage(path, f"cannot read the file ({e.strerror or e})", transient=True)
 
 
 @dataclass(frozen=True)
@@ -99,14 +122,8 @@ def read_header(path: Path | str, data: bytes | None = None) -> Header:
                 head = f.read(HEAD_BYTES)
         else:
             head = data[:HEAD_BYTES]
-    except PermissionError:
-        raise UnreadableImage(path, "permission denied (cannot read the file)") from None
-    except IsADirectoryError:
-        raise UnreadableImage(path, "is a folder, not a file") from None
-    except FileNotFoundError:
-        raise UnreadableImage(path, "file does not exist (or a dangling symbolic link)") from None
     except OSError as e:
-        raise UnreadableImage(path, f"cannot read the file ({e.strerror or e})") from None
+        raise os_error_reason(path, e) from None
     if not head:
         raise UnreadableImage(path, "empty file (0 bytes)")
     kind = sniff(head)
@@ -115,17 +132,33 @@ def read_header(path: Path | str, data: bytes | None = None) -> Header:
     suffix, fmt = kind
     source = path if data is None else io.BytesIO(data)
     if fmt == "DICOM":
-        import pydicom
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns on invalid values; the reason names them
+            return _dicom_header(path, source, suffix)
+    return _pillow_header(path, source, fmt, suffix)
 
-        try:
-            ds = pydicom.dcmread(source, stop_before_pixels=True)
-        except Exception as e:
+
+def _dicom_header(path: Path | str, source, suffix: str) -> Header:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+    except OSError as e:
+        if e.errno is None:
             raise UnreadableImage(path, f"cannot parse DICOM header ({type(e).__name__})") from None
-        try:
-            return Header(fmt, suffix, _dicom_int(ds, "Columns", 0), _dicom_int(ds, "Rows", 0),
-                          _dicom_int(ds, "NumberOfFrames", 1))
-        except ValueError as e:
-            raise UnreadableImage(path, str(e)) from None
+        raise os_error_reason(path, e) from None
+    except Exception as e:
+        raise UnreadableImage(path, f"cannot parse DICOM header ({type(e).__name__})") from None
+    if "Rows" not in ds or "Columns" not in ds:
+        raise UnreadableImage(path, "DICOM file has no pixel data (no Rows/Columns: a report or structured document?)")
+    try:
+        return Header("DICOM", suffix, _dicom_int(ds, "Columns", 0), _dicom_int(ds, "Rows", 0),
+                      _dicom_int(ds, "NumberOfFrames", 1))
+    except ValueError as e:
+        raise UnreadableImage(path, str(e)) from None
+
+
+def _pillow_header(path: Path | str, source, fmt: str, suffix: str) -> Header:
     from PIL import Image
 
     try:
@@ -133,8 +166,10 @@ def read_header(path: Path | str, data: bytes | None = None) -> Header:
             return Header(fmt, suffix, img.width, img.height, getattr(img, "n_frames", 1) if fmt == "TIFF" else 1)
     except Image.DecompressionBombError:
         raise UnreadableImage(path, f"over the {MAX_PIXELS:,}-pixel limit") from None
-    except PermissionError:
-        raise UnreadableImage(path, "permission denied (cannot read the file)") from None
+    except OSError as e:
+        if e.errno is not None:  # the OS failed the read; Pillow's own OSErrors carry no errno
+            raise os_error_reason(path, e) from None
+        raise UnreadableImage(path, f"corrupt {fmt} header ({type(e).__name__})") from None
     except Exception as e:
         raise UnreadableImage(path, f"corrupt {fmt} header ({type(e).__name__})") from None
 

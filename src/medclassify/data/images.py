@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .formats import EXTENSIONS as IMAGE_EXTENSIONS, MAX_PIXELS, UnreadableImage, is_candidate
+from .formats import EXTENSIONS as IMAGE_EXTENSIONS, MAX_PIXELS, UnreadableImage, check_pixels, is_candidate, os_error_reason, read_header
+
+# EXIF orientations that swap width and height (rotations by 90 or 270 degrees, transposes).
+SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
 RESIZE_MODES = ("pad", "squash")
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -75,6 +78,13 @@ def is_gray_content(arr: np.ndarray) -> bool:
     )
 
 
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a malformed EXIF block is no reason to refuse the pixels
+        return 1
+
+
 def _open_pil(path: Path, draft_size: int | None, data: bytes | None = None) -> Image.Image:
     img = Image.open(path if data is None else io.BytesIO(data))
     if img.width * img.height > MAX_PIXELS:
@@ -83,6 +93,8 @@ def _open_pil(path: Path, draft_size: int | None, data: bytes | None = None) -> 
         # JPEG DCT scaling: decode at >= 2x the target size, 2-4x faster for large X-rays.
         img.draft(img.mode, (draft_size * 2, draft_size * 2))
     img.load()
+    if _orientation(img) != 1:  # cameras and phones store rotated pixels plus an EXIF note
+        img = ImageOps.exif_transpose(img)
     return img
 
 
@@ -94,17 +106,17 @@ def storage_path(path: Path | str) -> str:
 
 def decode(path: Path | str, draft_size: int | None = None, data: bytes | None = None) -> np.ndarray:
     """Decode a file to uint8, HxW or HxWx3. Raises UnreadableImage with the reason.
-    With `data`, those bytes are decoded (an upload held in memory) and `path` only names them."""
+    With `data`, those bytes are decoded (an upload held in memory) and `path` only names them.
+    The content decides the format (formats.read_header), and the pixel limit is checked on the
+    header (rows x columns x frames) before anything is decoded."""
     if NPZ_SEPARATOR in str(path) and data is None:
         from .medmnist import read_npz_image
 
         return read_npz_image(str(path))
     path = Path(path)
-    if data is None and not path.is_file():
-        raise UnreadableImage(path, "file does not exist")
-    if (len(data) if data is not None else path.stat().st_size) == 0:
-        raise UnreadableImage(path, "empty file (0 bytes)")
-    if path.suffix.lower() in (".dcm", ".dicom"):
+    header = read_header(path, data)
+    check_pixels(header, path)
+    if header.format == "DICOM":
         from .dicom import read_dicom
 
         return read_dicom(path, data)
@@ -114,14 +126,12 @@ def decode(path: Path | str, draft_size: int | None = None, data: bytes | None =
     except UnreadableImage:
         raise
     except UnidentifiedImageError:
-        if _looks_like_dicom(path, data):
-            from .dicom import read_dicom
-
-            return read_dicom(path, data)
-        raise UnreadableImage(path, "not an image file Pillow can identify") from None
+        raise UnreadableImage(path, f"not a {header.format} image Pillow can identify") from None
     except Image.DecompressionBombError as e:
         raise UnreadableImage(path, f"decompression bomb refused ({e})") from None
     except OSError as e:
+        if e.errno is not None:  # the OS failed the read (permission, I/O); Pillow's own OSErrors carry no errno
+            raise os_error_reason(path, e) from None
         raise UnreadableImage(path, f"corrupt or truncated image ({e})") from None
     except Exception as e:  # Pillow raises assorted errors on malformed files
         raise UnreadableImage(path, f"cannot decode ({type(e).__name__}: {e})") from None
@@ -164,6 +174,8 @@ def probe(path: Path | str, max_side: int = 256) -> ImageInfo:
         return ImageInfo(arr.shape[1], arr.shape[0], mode, is_gray_content(arr))
     with Image.open(path) as img:
         w, h = img.width, img.height
+        if _orientation(img) in SWAPPING_ORIENTATIONS:
+            w, h = h, w
     return ImageInfo(w, h, mode, is_gray_content(arr))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from ..errors import DataError
 from ..reporting import Reporter
@@ -79,8 +80,10 @@ def prepare(
     workers: int | None = None,
     dedupe: bool = False,
     strict: bool = False,
+    splits: str | None = None,
 ) -> PreparedData:
-    index = attach_patients(scan_folder(data), patient_pattern)
+    index = attach_patients(scan_folder(data, splits), patient_pattern)
+    report_scan(index, reporter)
     if index.ignored_files:
         reporter.warn(f"{len(index.ignored_files)} non-image file(s) in class folders ignored (first: {index.ignored_files[0]}).")
     if index.unlabelled:
@@ -105,7 +108,7 @@ def prepare(
     m, s = channel_stats(mean, std, n_ch)
     prep = Preprocessing(image_size=image_size, resize=resize, channels=n_ch, mean=m, std=s, normalize=normalize)
     cache = load_cache(index.records, prep, reporter, workers)
-    skipped = {p: cache.errors[p] for p in sorted(cache.errors)}
+    skipped = dict(sorted({**index.skipped, **cache.errors}.items()))
     if skipped:
         first = next(iter(skipped.items()))
         reporter.warn(f"{len(skipped)} unreadable file(s) skipped and listed in the run's skipped.csv "
@@ -125,6 +128,17 @@ def prepare(
     overlap = patient_overlap(records)
     classes = index.classes
     return PreparedData(index, [replace(r) for r in records], classes, cache, prep, skipped, census, overlap, audit)
+
+
+def report_scan(index: DatasetIndex, reporter: Reporter) -> None:
+    """Say which top-level folders were left out of a split-folder dataset."""
+    if index.left_out:
+        names = ", ".join(Path(p).name for p in index.left_out)
+        root = Path(index.left_out[0]).parent
+        train = next((Path(r.path).relative_to(root).parts[0] for r in index.records
+                      if r.split == "train" and Path(r.path).is_relative_to(root)), "TRAIN_FOLDER")
+        reporter.warn(f"{len(index.left_out)} top-level folder(s) beside the split folders left out: {names}. "
+                      f"To use one, name the splits, e.g. --splits train={train},test={Path(index.left_out[0]).name}.")
 
 
 def carve_splits(records: list[Record], val_fraction: float, test_fraction: float, seed: int,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from .images import UnreadableImage, probe
+from .images import probe
 
 
 class Preprocessing(BaseModel):
@@ -82,7 +82,7 @@ def detect_channels(paths: Sequence[str], sample: int = 200, seed: int = 0) -> t
     for p in picked:
         try:
             info = probe(p, max_side=128)
-        except UnreadableImage:
+        except Exception:  # any per-file failure (UnreadableImage or other): the cache lists it, the sample goes on
             continue
         if info.gray_content:
             grey += 1

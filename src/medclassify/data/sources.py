@@ -4,13 +4,15 @@ and labels CSV files. The result is a flat list of `Record`s that everything els
 from __future__ import annotations
 
 import csv
+import difflib
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import DataError
-from .images import IMAGE_EXTENSIONS, is_image_file, storage_path
+from ..errors import ConfigError, DataError
+from .images import IMAGE_EXTENSIONS, storage_path
+from .listing import entry_problem, folder_problem, list_entries, sort_walk, walk_files
 
 SPLITS = ("train", "val", "test")
 # Folder names users download, mapped to our three split names (matched case-insensitively).
@@ -37,6 +39,8 @@ class DatasetIndex:
     layout: str  # "split-folders", "class-folders", "csv"
     ignored_files: list[str] = field(default_factory=list)  # non-image files seen in class folders
     unlabelled: list[str] = field(default_factory=list)  # images the layout gives no label (left out)
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> reason: links and folders that cannot be read
+    left_out: list[str] = field(default_factory=list)  # top-level folders beside the split folders, not used
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -45,41 +49,128 @@ class DatasetIndex:
         return {s: dict(sorted(c.items())) for s, c in out.items()}
 
     def with_records(self, records: list[Record]) -> "DatasetIndex":
-        return DatasetIndex(self.root, records, self.classes, self.layout, self.ignored_files, self.unlabelled)
+        return DatasetIndex(self.root, records, self.classes, self.layout, self.ignored_files, self.unlabelled,
+                            self.skipped, self.left_out)
 
 
 def _split_of(name: str) -> str | None:
     return SPLIT_ALIASES.get(name.strip().lower())
 
 
-def _images_below(folder: Path) -> tuple[list[Path], list[Path]]:
-    images, others = [], []
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            (images if is_image_file(p) else others).append(p)
-    return images, [o for o in others if not o.name.startswith(".")]
+def _images_below(folder: Path) -> tuple[list[Path], list[Path], dict[str, str]]:
+    """(images, non-image files, {path: reason} of what could not be read) below a readable folder."""
+    images, others, bad, other_bad = sort_walk(*walk_files(folder))
+    return images, others + [Path(o) for o in other_bad], bad
+
+
+def _top_folders(folder: Path) -> tuple[list[Path], dict[str, str]]:
+    """Sub-folders (links followed, hidden ones left out), and {path: reason} of entries that cannot be followed."""
+    try:
+        entries = list_entries(folder)
+    except OSError as e:
+        raise DataError(f"Cannot list {folder}: {folder_problem(folder, e)}.", "make it readable (chmod -R u+rX) or pass another folder.") from None
+    dirs, bad = [], {}
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        path = folder / e.name
+        try:
+            if path.is_dir():
+                dirs.append(path)
+        except OSError as err:
+            bad[str(path)] = entry_problem(path, err)
+            continue
+        if e.is_symlink() and not path.exists():
+            bad[str(path)] = entry_problem(path, _stat_error(path))
+    return dirs, bad
+
+
+def _stat_error(path: Path) -> OSError:
+    try:
+        path.stat()
+    except OSError as e:
+        return e
+    return OSError("unknown")
 
 
 def _class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return _top_folders(folder)[0]
 
 
-def _scan_classes(folder: Path, split: str | None) -> tuple[list[Record], list[str], list[str]]:
+def _scan_classes(folder: Path, split: str | None) -> tuple[list[Record], list[str], list[str], dict[str, str]]:
     records, ignored, empty = [], [], []
-    for cdir in _class_folders(folder):
-        images, others = _images_below(cdir)
-        ignored += [str(o) for o in others]
+    cdirs, skipped = _top_folders(folder)
+    for cdir in cdirs:
+        try:
+            images, others, bad = _images_below(cdir)
+        except OSError as e:
+            raise DataError(f"Class folder {cdir} cannot be read: {folder_problem(cdir, e)}.",
+                            "make it readable (chmod -R u+rX), or move it out of the dataset.") from None
+        ignored += [str(o) for o in others if not o.name.startswith(".")]
+        skipped.update(bad)
         if not images:
             empty.append(cdir.name)
         records += [Record(str(p.resolve()), cdir.name, split) for p in images]
-    return records, ignored, empty
+    return records, ignored, empty, skipped
 
 
-def scan_folder(root: Path | str) -> DatasetIndex:
+def parse_splits(text: str | dict | None) -> dict[str, str] | None:
+    """'train=Training,test=External' -> {'train': 'Training', 'test': 'External'} (split -> folder name)."""
+    if not text:
+        return None
+    if isinstance(text, dict):
+        pairs = list(text.items())
+    else:
+        pairs = []
+        for part in str(text).split(","):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                raise ConfigError(f"Cannot read --splits {text!r}: {part.strip()!r} has no '='.",
+                                  "write it as split=folder pairs, e.g. --splits train=Training,test=External.")
+            k, v = part.split("=", 1)
+            pairs.append((k, v))
+    out: dict[str, str] = {}
+    for k, v in pairs:
+        split, folder = _split_of(str(k)), str(v).strip()
+        if split is None or not folder:
+            raise ConfigError(f"Cannot read --splits {text!r}: {str(k).strip()!r} is not train, val or test, or the folder is empty.",
+                              "write it as split=folder pairs, e.g. --splits train=Training,test=External.")
+        if split in out:
+            raise ConfigError(f"--splits names the {split} split twice.", "give each split one folder.")
+        out[split] = folder
+    if "train" not in out:
+        raise ConfigError(f"--splits {text!r} names no train folder.", "add train=FOLDER.")
+    if len(set(out.values())) < len(out):
+        raise ConfigError(f"--splits {text!r} names one folder for two splits.", "give each split its own folder.")
+    return out
+
+
+def _named_split_dirs(root: Path, subdirs: list[Path], splits: dict[str, str]) -> dict[Path, str | None]:
+    """The user's split -> folder names, matched exactly or else case-insensitively; other folders map to None."""
+    by_name = {d.name: d for d in subdirs}
+    chosen: dict[Path, str | None] = {d: None for d in subdirs}
+    for split, name in splits.items():
+        d = by_name.get(name) or next((x for x in subdirs if x.name.lower() == name.lower()), None)
+        if d is None:
+            raise DataError(f"--splits names folder {name!r} for the {split} split, but {root} has no such folder "
+                            f"(it has: {', '.join(sorted(by_name)) or 'none'}).", "fix the folder name in --splits.")
+        chosen[d] = split
+    return chosen
+
+
+def scan_folder(root: Path | str, splits: str | dict | None = None) -> DatasetIndex:
+    """The labelled images of a dataset. `splits` names which top-level folder is which split
+    ('train=Training,test=External'); without it, folders named like splits are recognised."""
     root = Path(root).expanduser()
+    named = parse_splits(splits)
     if not root.exists():
+        if root.is_symlink():
+            raise DataError(f"Dataset folder {root} is a {entry_problem(root, _stat_error(root))}.", "point the link at the dataset, or pass the dataset itself.")
         raise DataError(f"Dataset folder {root} does not exist.", "check the path (relative paths start from the current folder).")
     if root.is_file():
+        if named:
+            raise ConfigError(f"--splits applies to a dataset folder, and {root} is a file.", "leave --splits out, or give the split column / folders in the file.")
         if root.suffix.lower() == ".csv":
             return read_labels_csv(root)
         if root.suffix.lower() in (".yaml", ".yml"):
@@ -93,42 +184,45 @@ def scan_folder(root: Path | str) -> DatasetIndex:
         raise DataError(f"{root} is a file, not a dataset folder.", "pass a folder with one sub-folder per class, a labels CSV or a dataset spec YAML.")
     from .cnmc import find_cnmc_root, scan_cnmc
 
-    cnmc = find_cnmc_root(root)
+    cnmc = find_cnmc_root(root) if not named else None
     if cnmc is not None:
         return scan_cnmc(cnmc)
-    subdirs = _class_folders(root)
-    split_dirs = {d: _split_of(d.name) for d in subdirs}
+    subdirs, skipped = _top_folders(root.absolute())  # skipped paths absolute, links unresolved
+    split_dirs = _named_split_dirs(root, subdirs, named) if named else {d: _split_of(d.name) for d in subdirs}
+    left_out: list[str] = []
     if subdirs and any(split_dirs.values()):
-        unknown = [d.name for d, s in split_dirs.items() if s is None]
-        if unknown:
-            raise DataError(
-                f"{root} mixes split folders with other folders ({', '.join(unknown)}).",
-                "keep only train/val/test (or Training/Testing) at the top, with class folders inside each.",
-            )
+        left_out = [str(d) for d, s in split_dirs.items() if s is None]
         seen: dict[str, Path] = {}
         records, ignored = [], []
         for d, split in split_dirs.items():
+            if split is None:
+                continue
             if split in seen:
-                raise DataError(f"{root} has two folders for the {split} split: {seen[split].name} and {d.name}.", "merge or remove one of them.")
+                raise DataError(f"{root} has two folders for the {split} split: {seen[split].name} and {d.name}.",
+                                "merge or remove one of them, or say which is which with --splits train=FOLDER,test=FOLDER.")
             seen[split] = d
-            recs, ign, empty = _scan_classes(d, split)
+            recs, ign, empty, bad = _scan_classes(d, split)
             if empty:
                 raise DataError(f"Class folder(s) {', '.join(empty)} in {d} hold no images.", "remove the empty folder or add its images.")
             records += recs
             ignored += ign
+            skipped.update(bad)
         layout = "split-folders"
         if "train" not in seen:
-            raise DataError(f"{root} has split folders but no train folder.", "add a train (or Training) folder with one sub-folder per class.")
+            raise DataError(f"{root} has split folders but no train folder.",
+                            "add a train (or Training) folder with one sub-folder per class, or name it with --splits train=FOLDER.")
     else:
-        records, ignored, empty = _scan_classes(root, None)
+        records, ignored, empty, bad = _scan_classes(root.absolute(), None)
+        skipped.update(bad)
         if empty:
             raise DataError(f"Class folder(s) {', '.join(empty)} in {root} hold no images.", "remove the empty folder or add its images.")
         layout = "class-folders"
         if not subdirs:
-            loose, _ = _images_below(root) if root.is_dir() else ([], [])
+            loose = [e for e in list_entries(root) if Path(e.name).suffix.lower() in IMAGE_EXTENSIONS]
             hint = "put the images in one sub-folder per class" if loose else "point to a folder with one sub-folder per class"
             raise DataError(f"{root} has no class sub-folders.", hint + f" ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
-    index = DatasetIndex(str(root.resolve()), records, sorted({r.label for r in records}), layout, ignored)
+    index = DatasetIndex(str(root.resolve()), records, sorted({r.label for r in records}), layout, ignored,
+                         skipped=dict(sorted(skipped.items())), left_out=left_out)
     check_usable(index)
     return index
 
@@ -142,14 +236,25 @@ def check_usable(index: DatasetIndex) -> None:
             "add a folder for each other class.",
         )
     if any(r.split == "train" for r in index.records):
-        train_classes = {r.label for r in index.records if r.split == "train"}
+        train_classes = sorted({r.label for r in index.records if r.split == "train"})
         for split in ("val", "test"):
-            extra = {r.label for r in index.records if r.split == split} - train_classes
+            extra = sorted({r.label for r in index.records if r.split == split} - set(train_classes))
             if extra:
-                raise DataError(
-                    f"The {split} split of {index.root} has classes the train split lacks: {', '.join(sorted(extra))}.",
-                    "add training images of those classes, fix the labels, or remove them from the other split.",
-                )
+                raise DataError(_not_a_train_class(index, split, extra, train_classes),
+                                "fix the label, or add training images of that class.")
+
+
+def _not_a_train_class(index: DatasetIndex, split: str, extra: list[str], train_classes: list[str]) -> str:
+    """E.g. label 'NORMAl' in the test rows of labels.csv is not a train class; did you mean 'NORMAL'?"""
+    label = extra[0]
+    where = (f"label {label!r} in the {split} rows of {Path(index.root).name}" if index.layout == "csv"
+             else f"class folder {label!r} in the {split} split of {index.root}")
+    close = difflib.get_close_matches(label, train_classes, n=1, cutoff=0.6)
+    if not close:  # case-only typos score low on short names
+        close = [c for c in train_classes if c.lower() == label.lower()][:1]
+    hint = f"; did you mean {close[0]!r}?" if close else f" (train classes: {', '.join(train_classes)})."
+    more = f" ({len(extra) - 1} other {split} label(s) are not train classes either: {', '.join(extra[1:4])})" if len(extra) > 1 else ""
+    return f"{where} is not a train class{hint}{more}"
 
 
 def missing_classes(index: DatasetIndex) -> dict[str, list[str]]:

@@ -20,7 +20,8 @@ from typing import Callable, Iterable, Literal, Sequence
 import numpy as np
 import torch
 
-from ..data.images import UnreadableImage, array_for_model, is_image_file, load_for_model
+from ..data.images import UnreadableImage, array_for_model, load_for_model
+from ..data.listing import list_image_files
 from ..errors import ConfigError, DataError
 from ..io import check_output_file, write_csv
 from ..reporting import Reporter
@@ -257,7 +258,13 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[str]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += [str(f) for f in sorted(p.rglob("*")) if f.is_file() and is_image_file(f)]
+            try:
+                files, skipped = list_image_files(p)
+            except OSError as e:
+                raise DataError(f"Cannot list input folder {p}: {e.strerror or e}.", "make it readable (chmod -R u+rX).") from None
+            # Dangling links, link loops and unreadable folders stay in the list: decoding them gives
+            # each its true reason in the predictions CSV, so none is silently dropped.
+            paths += sorted(files + list(skipped))
         elif p.is_file() and p.suffix.lower() in (".csv", ".txt"):
             paths += _list_file(p)
         elif p.is_file():

@@ -26,7 +26,7 @@ SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
 
 def fold_records(config: TrainConfig, k: int, reporter: Reporter) -> list[list[Record]]:
     """k record lists: fold f's pool images as val, the rest of the pool as train, test unchanged."""
-    index = attach_patients(scan_folder(config.data), config.patient_pattern)
+    index = attach_patients(scan_folder(config.data, config.splits), config.patient_pattern)
     linked = find_duplicates(fingerprint_index(index, reporter, config.workers)).linked()
     records = index.records
     if not any(r.split == "test" for r in records):

@@ -332,7 +332,8 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
     data = prepare(config.data, image_size=config.image_size, resize=config.resize, channels=config.channels,
                    normalize=config.normalize, mean=spec.mean, std=spec.std, patient_pattern=config.patient_pattern,
                    val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
-                   reporter=reporter, workers=config.workers, dedupe=config.dedupe, strict=config.strict)
+                   reporter=reporter, workers=config.workers, dedupe=config.dedupe, strict=config.strict,
+                   splits=config.splits)
     prep_s = time.perf_counter() - t0
     trainer = Trainer(config, data, reporter)
     check_input_size(trainer.build_model().cpu(), config.image_size, data.preprocessing.channels, config.model)
