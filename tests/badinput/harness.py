@@ -120,6 +120,18 @@ def skip_visible(o: Outcome, fragment: str, outputs: list[Path]) -> bool:
     return False
 
 
+def skip_lines(o: Outcome, fragment: str, outputs: list[Path]) -> list[str]:
+    """The printed lines and the skipped.csv / error rows that mention the skipped input: its stated reason."""
+    lines = [ln for ln in o.text.splitlines() if fragment in ln]
+    for out in outputs:
+        for f in [out] if out.is_file() else list(out.rglob("*.csv")) if out.is_dir() else []:
+            try:
+                lines += [ln for ln in f.read_text(errors="replace").splitlines() if fragment in ln]
+            except OSError:
+                pass
+    return lines
+
+
 def judge(o: Outcome, exits: set[int], *, parser: bool, skip: str | None, names: tuple[str, ...],
           outputs: list[Path], changes: list[str]) -> list[str]:
     problems = []
