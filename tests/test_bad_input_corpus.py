@@ -52,7 +52,7 @@ class Case:
     exits: frozenset[int]
     outputs: tuple[str, ...] = ()
     skip: str | None = None  # on exit 0, this fragment (the bad file's name) must be visible as a skip
-    names: tuple[str, ...] = ()  # on exit 2, the error line must contain these
+    names: tuple[str, ...] = ()  # on exit 2, the error line must contain each of these ("a|b": either), case-sensitive
     kind: str = ""  # cases of one kind through several verbs share it (default: the id)
     needs: str | None = None  # "run" or "exported": a copy of the shared run at {run}
     real: bool = False  # through the console script in a subprocess
@@ -95,6 +95,7 @@ EVAL = ["evaluate", "{run}", "--bootstrap", "100"]
 REPORT = ["report", "{run}", "--out", "{t}/report.html"]
 EXPLAIN = ["explain", "{run}", "{t}/in", "--out", "{t}/explained"]
 EXPORT = ["export", "{run}"]
+# What evaluate/report/export may write into a run (run.json only where the case allows exit 0: calibration).
 RUN_OUT = ("{run}/metrics", "{run}/report.html", "{run}/model.onnx", "{run}/export.json", "{run}/calibration")
 
 
@@ -435,7 +436,7 @@ CASES: list[Case] = [
     C("run-json-future-version", json_edit(setkey("format_version", 99)), EVAL, {2}, RUN_OUT, names=("run",), needs="run"),
     C("run-json-classes-not-a-list", with_input(json_edit(setkey("classes", 5))), predict(), {2}, ["{t}/preds.csv"], names=("run.json",), needs="run"),
     C("run-json-deleted", with_input(damage(lambda r: (r / "run.json").unlink())), predict(), {2}, ["{t}/preds.csv"], names=("run",), needs="run"),
-    C("run-class-count-mismatch", with_input(json_edit(setkey("classes", ["a", "b", "c"]))), predict(), {2}, ["{t}/preds.csv"], names=("model.safetensors",), needs="run"),
+    C("run-class-count-mismatch", with_input(json_edit(setkey("classes", ["a", "b", "c"]))), predict(), {2}, ["{t}/preds.csv"], names=("model.safetensors|run.json",), needs="run"),
     C("run-weights-truncated", with_input(damage(truncate("model.safetensors"))), predict(), {2}, ["{t}/preds.csv"], names=("model.safetensors",), needs="run"),
     C("run-weights-empty", damage(lambda r: (r / "model.safetensors").write_bytes(b"")), EVAL, {2}, RUN_OUT, names=("model.safetensors",), needs="run"),
     C("run-weights-random", damage(lambda r: (r / "model.safetensors").write_bytes(os.urandom(4096))), EXPORT, {2}, RUN_OUT, names=("model.safetensors",), needs="run"),
@@ -444,11 +445,11 @@ CASES: list[Case] = [
     C("run-split-csv-deleted", damage(lambda r: (r / "split.csv").unlink()), EVAL, {2}, RUN_OUT, names=("split.csv",), needs="run"),
     C("run-split-csv-garbage", damage(lambda r: (r / "split.csv").write_bytes(os.urandom(300))), REPORT, {2}, ["{t}/report.html", *RUN_OUT], names=("split.csv",), needs="run"),
     C("run-onnx-garbage-with-export-json", with_input(damage(garbage_onnx)), predict(extra=("--backend", "auto")), {0, 2}, ["{t}/preds.csv"], names=("model.onnx",), needs="exported"),
-    C("run-onnx-without-export-json", with_input(damage(lambda r: (r / "export.json").unlink())), predict(extra=("--backend", "auto")), {0}, ["{t}/preds.csv"], needs="exported"),
+    C("run-onnx-without-export-json", with_input(damage(lambda r: (r / "export.json").unlink())), predict(extra=("--backend", "auto")), {0, 2}, ["{t}/preds.csv"], names=("model.onnx|export.json",), needs="exported"),
     C("run-calibration-temperature-0", with_input(json_edit(setkey("calibration", {"temperature": 0.0, "fitted_on": "val", "n": 2}))), predict(), {0, 2}, ["{t}/preds.csv"], names=("run.json",), needs="run", check=no_nan),
     C("run-export-dataset-moved", damage(moved_dataset), EXPORT, {2}, (), needs="exported", check=unchanged("model.onnx")),
     C("run-dir-is-file", both(lambda c: mk.write(c.t / "run.txt", "x"), lambda c: mk.grey(c.t / "in" / "scan.png")), ["predict", "{t}/run.txt", "{t}/in", "--out", "{t}/preds.csv"], {2}, ["{t}/preds.csv"], names=("run.txt",)),
-    C("run-metrics-garbage", damage(lambda r: mk.write(r / "metrics" / "test.json", os.urandom(100))), REPORT, {0, 2}, ["{t}/report.html", *RUN_OUT], names=("test.json",), needs="run"),
+    C("run-metrics-garbage", damage(lambda r: mk.write(r / "metrics" / "test.json", os.urandom(100))), REPORT, {0, 2}, ["{t}/report.html", "{run}/run.json", *RUN_OUT], names=("test.json",), needs="run"),
 
     # bad output locations (we run as root: read-only is /proc, full is a file-size limit)
     C("out-predict-under-file", both(a_file, lambda c: mk.grey(c.t / "in" / "scan.png")), predict(out="{t}/afile/preds.csv"), {2}, (), names=("afile",), needs="run"),
