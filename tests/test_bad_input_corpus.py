@@ -102,8 +102,8 @@ RUN_OUT = ("{run}/metrics", "{run}/report.html", "{run}/model.onnx", "{run}/expo
 # ---- setups ----------------------------------------------------------------------------------------
 
 def dataset(per_class=6):
-    """A usable two-class dataset at {t}/mydata; with `extra` files written into it."""
-    def setup(c, **extra):
+    """A usable two-class dataset at {t}/mydata."""
+    def setup(c):
         mk.two_class(c.t / "mydata", per_class)
     return setup
 
@@ -231,7 +231,7 @@ def moved_dataset(r: Path) -> None:
 
 
 def garbage_onnx(r: Path) -> None:
-    (r / "model.onnx").write_bytes(os.urandom(2048))
+    (r / "model.onnx").write_bytes(mk.junk(2048))
 
 
 def set_file_size_limit() -> None:
@@ -323,7 +323,7 @@ def unchanged(rel: str):
 # ---- the corpus ------------------------------------------------------------------------------------
 
 LIMIT = r"pixel limit|too large|exceeds|megapixel|bomb"
-JPEG_GARBAGE = b"\xff\xd8\xff\xe0" + os.urandom(300)
+JPEG_GARBAGE = b"\xff\xd8\xff\xe0" + mk.junk(300)
 PNG = mk.png_bytes()
 CASES: list[Case] = [
     # image files inside a dataset or a predict folder
@@ -340,10 +340,10 @@ CASES: list[Case] = [
     C("file-webp", ds_with("lesion/scan.webp", mk.image_bytes("WEBP", "RGB")), train(), {0}, ["{t}/out"], skip="scan.webp"),
     C("file-gif", in_with("scan.gif", mk.image_bytes("GIF", "P")), predict("{t}/in/scan.gif", "{t}/in/good_0.png"), {0}, ["{t}/preds.csv"], skip="scan.gif", needs="run", check=reason("scan.gif", "GIF")),
     C("file-truncated-bmp", in_with("cut.bmp", mk.image_bytes("BMP")[:80]), predict(), {0}, ["{t}/preds.csv"], skip="cut.bmp", needs="run"),
-    C("file-garbage-tiff", ds_with("normal/junk.tif", b"II*\x00" + os.urandom(200)), AUDIT, {0}, ["{t}/audit"], skip="junk.tif"),
+    C("file-garbage-tiff", ds_with("normal/junk.tif", b"II*\x00" + mk.junk(200)), AUDIT, {0}, ["{t}/audit"], skip="junk.tif"),
     C("file-png-bad-zlib", in_with("badzlib.png", PNG[:60] + b"\x00" * 40 + PNG[100:]), predict(), {0}, ["{t}/preds.csv"], skip="badzlib.png", needs="run"),
     C("file-folder-named-png", ds_with("normal/folder.png/inner.txt", "x"), train(), {0}, ["{t}/out"]),
-    C("file-hidden-appledouble", ds_with("normal/._scan.png", b"\x00\x05\x16\x07" + os.urandom(60)), train(), {0}, ["{t}/out"]),
+    C("file-hidden-appledouble", ds_with("normal/._scan.png", b"\x00\x05\x16\x07" + mk.junk(60)), train(), {0}, ["{t}/out"]),
     C("file-quote-comma-name", ds_with('normal/we,ird"name.jpg', JPEG_GARBAGE), train(), {0}, ["{t}/out"], skip="ird", check=skipped_csv_row('we,ird"name.jpg')),
     C("file-non-utf8-name", lambda c: (mk.two_class(c.t / "mydata"), (c.t / "mydata" / "normal" / os.fsdecode(b"scan\xff\xfe.jpg")).write_bytes(JPEG_GARBAGE)),
       train(), {0}, ["{t}/out"], check=skipped_rows(1)),
@@ -370,7 +370,7 @@ CASES: list[Case] = [
     C("layout-stray-file-at-top", both(split_layout(), lambda c: mk.write(c.t / "mydata" / "README.txt", "x")), train(), {0}, ["{t}/out"]),
     C("layout-dataset-is-image", lambda c: mk.grey(c.t / "scan.png"), train("{t}/scan.png"), {2}, ["{t}/out"], names=("scan.png",)),
     C("layout-dataset-is-text", lambda c: mk.write(c.t / "notes.txt", "x"), train("{t}/notes.txt"), {2}, ["{t}/out"], names=("notes.txt",)),
-    C("layout-all-unreadable", lambda c: [mk.write(c.t / "mydata" / k / f"{i}.png", os.urandom(50)) for k in "ab" for i in range(3)],
+    C("layout-all-unreadable", lambda c: [mk.write(c.t / "mydata" / k / f"{i}.png", mk.junk(50)) for k in "ab" for i in range(3)],
       train(), {2}, ["{t}/out"]),
     C("layout-test-class-typo", split_layout(test_classes=("normal", "lesoin")), train(), {2}, ["{t}/out"], names=("lesoin", "lesion")),
     C("layout-only-val-split", layout(**{"val/a": 3, "val/b": 3}), train(), {0, 2}, ["{t}/out"]),
@@ -388,13 +388,13 @@ CASES: list[Case] = [
     C("csv-header-only", csv_ds(raw=b"path,label,split\n"), train("{t}/mydata/labels.csv"), {2}, ["{t}/out"], names=("labels.csv",)),
     C("csv-duplicate-paths", csv_ds(lambda rows: rows + [rows[0].replace("NORMAL,train", "PNEUMONIA,train")]), train("{t}/mydata/labels.csv"), {2}, ["{t}/out"], names=("train_NORMAL_0.png",)),
     C("csv-unknown-split", both(csv_ds(lambda rows: rows + ["img/extra.png,NORMAL,holdout"]), lambda c: mk.grey(c.t / "mydata" / "img" / "extra.png")), train("{t}/mydata/labels.csv"), {2}, ["{t}/out"], names=("holdout",)),
-    C("csv-binary-garbage", csv_ds(raw=os.urandom(400)), train("{t}/mydata/labels.csv"), {2}, ["{t}/out"], names=("labels.csv",)),
+    C("csv-binary-garbage", csv_ds(raw=mk.junk(400)), train("{t}/mydata/labels.csv"), {2}, ["{t}/out"], names=("labels.csv",)),
     C("csv-empty-label-cell", csv_ds(lambda rows: rows + ["img/train_NORMAL_1.png,,train"]), train("{t}/mydata/labels.csv"), {2}, ["{t}/out"], names=("labels.csv",)),
     C("csv-semicolons", csv_ds(lambda rows: [r.replace(",", ";") for r in rows], header="path;label;split"), train("{t}/mydata/labels.csv"), {2}, ["{t}/out"], names=("labels.csv",)),
     C("csv-label-typo-audit", csv_ds(test_label={"NORMAL": "NORMAl"}), ["audit", "{t}/mydata/labels.csv", "--out", "{t}/audit"], {2}, ["{t}/audit"], names=("NORMAl", "NORMAL"), kind="csv-label-typo-in-test"),
 
     # MedMNIST .npz
-    C("npz-random-bytes", lambda c: mk.write(c.t / "mydata.npz", os.urandom(500)), ["audit", "{t}/mydata.npz", "--out", "{t}/audit"], {2}, ["{t}/audit"], names=("mydata.npz",), check=no_pickle_advice, real=True),
+    C("npz-random-bytes", lambda c: mk.write(c.t / "mydata.npz", mk.junk(500)), ["audit", "{t}/mydata.npz", "--out", "{t}/audit"], {2}, ["{t}/audit"], names=("mydata.npz",), check=no_pickle_advice, real=True),
     C("npz-string-labels", npz_ds(train_images=mk.medmnist_arrays()["train_images"], train_labels=np.array(["cat", "dog"] * 6)), train("{t}/mydata.npz"), {0, 2}, ["{t}/out"], names=("mydata.npz",)),
     C("npz-missing-keys", npz_ds(x=np.zeros((4, 28, 28), np.uint8), y=np.zeros(4)), train("{t}/mydata.npz"), {2}, ["{t}/out"], names=("mydata.npz",)),
     C("npz-wrong-shape", npz_ds(train_images=np.zeros(12, np.uint8), train_labels=np.arange(12) % 2), train("{t}/mydata.npz"), {2}, ["{t}/out"], names=("mydata.npz",)),
@@ -412,7 +412,7 @@ CASES: list[Case] = [
     C("dicom-multiframe", in_with("cine.dcm", dicom_with(frames=3)), predict(), {0}, ["{t}/preds.csv"], needs="run"),
     C("dicom-huge-header", ds_with("normal/huge.dcm", dicom_with(rows=60_000, cols=60_000)), train(), {0}, ["{t}/out"], skip="huge.dcm", check=reason("huge.dcm", LIMIT)),
     C("dicom-huge-header-predict", in_with("huge.dcm", dicom_with(rows=60_000, cols=60_000)), predict(), {0}, ["{t}/preds.csv"], skip="huge.dcm", needs="run", kind="dicom-huge-header", check=reason("huge.dcm", LIMIT)),
-    C("dicom-garbage-body", in_with("junk.dcm", b"\x00" * 128 + b"DICM" + os.urandom(300)), predict(), {0}, ["{t}/preds.csv"], skip="junk.dcm", needs="run"),
+    C("dicom-garbage-body", in_with("junk.dcm", b"\x00" * 128 + b"DICM" + mk.junk(300)), predict(), {0}, ["{t}/preds.csv"], skip="junk.dcm", needs="run"),
     C("dicom-window-width-zero", ds_with("lesion/ww0.dcm", dicom_with(raw={"WindowCenter": "100", "WindowWidth": "0"})), train(), {0}, ["{t}/out"]),
     C("dicom-voilut-sigmoid", in_with("sig.dcm", dicom_with(raw={"WindowCenter": "100", "WindowWidth": "200", "VOILUTFunction": "SIGMOID"})),
       predict(), {0}, ["{t}/preds.csv"], needs="run", check=predicted("sig.dcm")),
@@ -428,7 +428,7 @@ CASES: list[Case] = [
 
     # damaged run directories
     C("run-json-list", with_input(damage(lambda r: (r / "run.json").write_text("[]"))), predict(), {2}, ["{t}/preds.csv"], names=("run.json",), needs="run", real=True),
-    C("run-json-binary", damage(lambda r: (r / "run.json").write_bytes(os.urandom(300))), EVAL, {2}, RUN_OUT, names=("run.json",), needs="run"),
+    C("run-json-binary", damage(lambda r: (r / "run.json").write_bytes(mk.junk(300))), EVAL, {2}, RUN_OUT, names=("run.json",), needs="run"),
     C("run-json-empty", damage(lambda r: (r / "run.json").write_bytes(b"")), EXPORT, {2}, RUN_OUT, names=("run.json",), needs="run"),
     C("run-json-missing-classes", json_edit(drop("classes")), REPORT, {2}, ["{t}/report.html", *RUN_OUT], names=("run.json",), needs="run"),
     C("run-json-missing-preprocessing", with_input(json_edit(drop("preprocessing"))), EXPLAIN, {2}, ["{t}/explained"], names=("run.json",), needs="run"),
@@ -439,17 +439,17 @@ CASES: list[Case] = [
     C("run-class-count-mismatch", with_input(json_edit(setkey("classes", ["a", "b", "c"]))), predict(), {2}, ["{t}/preds.csv"], names=("model.safetensors|run.json",), needs="run"),
     C("run-weights-truncated", with_input(damage(truncate("model.safetensors"))), predict(), {2}, ["{t}/preds.csv"], names=("model.safetensors",), needs="run"),
     C("run-weights-empty", damage(lambda r: (r / "model.safetensors").write_bytes(b"")), EVAL, {2}, RUN_OUT, names=("model.safetensors",), needs="run"),
-    C("run-weights-random", damage(lambda r: (r / "model.safetensors").write_bytes(os.urandom(4096))), EXPORT, {2}, RUN_OUT, names=("model.safetensors",), needs="run"),
+    C("run-weights-random", damage(lambda r: (r / "model.safetensors").write_bytes(mk.junk(4096))), EXPORT, {2}, RUN_OUT, names=("model.safetensors",), needs="run"),
     C("run-weights-pickle", with_input(weights(lambda c: mk.pickle_bytes(c.t / "PWNED"))), predict(), {2}, ["{t}/preds.csv"], names=("model.safetensors",), needs="run", real=True),
     C("run-weights-missing", with_input(damage(lambda r: (r / "model.safetensors").unlink())), EXPLAIN, {2}, ["{t}/explained"], names=("model.safetensors",), needs="run"),
     C("run-split-csv-deleted", damage(lambda r: (r / "split.csv").unlink()), EVAL, {2}, RUN_OUT, names=("split.csv",), needs="run"),
-    C("run-split-csv-garbage", damage(lambda r: (r / "split.csv").write_bytes(os.urandom(300))), REPORT, {2}, ["{t}/report.html", *RUN_OUT], names=("split.csv",), needs="run"),
+    C("run-split-csv-garbage", damage(lambda r: (r / "split.csv").write_bytes(mk.junk(300))), REPORT, {2}, ["{t}/report.html", *RUN_OUT], names=("split.csv",), needs="run"),
     C("run-onnx-garbage-with-export-json", with_input(damage(garbage_onnx)), predict(extra=("--backend", "auto")), {0, 2}, ["{t}/preds.csv"], names=("model.onnx",), needs="exported"),
     C("run-onnx-without-export-json", with_input(damage(lambda r: (r / "export.json").unlink())), predict(extra=("--backend", "auto")), {0, 2}, ["{t}/preds.csv"], names=("model.onnx|export.json",), needs="exported"),
     C("run-calibration-temperature-0", with_input(json_edit(setkey("calibration", {"temperature": 0.0, "fitted_on": "val", "n": 2}))), predict(), {0, 2}, ["{t}/preds.csv"], names=("run.json",), needs="run", check=no_nan),
     C("run-export-dataset-moved", damage(moved_dataset), EXPORT, {2}, (), needs="exported", check=unchanged("model.onnx")),
     C("run-dir-is-file", both(lambda c: mk.write(c.t / "run.txt", "x"), lambda c: mk.grey(c.t / "in" / "scan.png")), ["predict", "{t}/run.txt", "{t}/in", "--out", "{t}/preds.csv"], {2}, ["{t}/preds.csv"], names=("run.txt",)),
-    C("run-metrics-garbage", damage(lambda r: mk.write(r / "metrics" / "test.json", os.urandom(100))), REPORT, {0, 2}, ["{t}/report.html", "{run}/run.json", *RUN_OUT], names=("test.json",), needs="run"),
+    C("run-metrics-garbage", damage(lambda r: mk.write(r / "metrics" / "test.json", mk.junk(100))), REPORT, {0, 2}, ["{t}/report.html", "{run}/run.json", *RUN_OUT], names=("test.json",), needs="run"),
 
     # bad output locations (we run as root: read-only is /proc, full is a file-size limit)
     C("out-predict-under-file", both(a_file, lambda c: mk.grey(c.t / "in" / "scan.png")), predict(out="{t}/afile/preds.csv"), {2}, (), names=("afile",), needs="run"),
@@ -474,7 +474,7 @@ CASES: list[Case] = [
     C("input-predict-list-non-utf8", lambda c: (mk.grey(c.t / "in" / "scan.png"), mk.write(c.t / "list.txt", str(c.t / "in" / "scan.png").encode() + b"\n\xff\xfe caf\xe9.png\n")),
       predict("{t}/list.txt"), {0, 2}, ["{t}/preds.csv"], skip="caf", names=("list.txt",), needs="run"),
     C("input-predict-csv-without-path-column", lambda c: mk.write(c.t / "list.csv", "file,label\nscan.png,a\n"), predict("{t}/list.csv"), {2}, ["{t}/preds.csv"], names=("list.csv",), needs="run"),
-    C("input-predict-all-failed", lambda c: [mk.write(c.t / "in" / f"bad{i}.png", os.urandom(40)) for i in range(3)], predict(), {2}, ["{t}/preds.csv"], names=("in",), needs="run", real=True),
+    C("input-predict-all-failed", lambda c: [mk.write(c.t / "in" / f"bad{i}.png", mk.junk(40)) for i in range(3)], predict(), {2}, ["{t}/preds.csv"], names=("in",), needs="run", real=True),
     C("input-predict-empty-folder", lambda c: (c.t / "in").mkdir(), predict(), {2}, ["{t}/preds.csv"], names=("in",), needs="run"),
     C("input-predict-missing", nothing, predict("{t}/nothere.png"), {2}, ["{t}/preds.csv"], names=("nothere.png",), needs="run"),
     C("input-explain-corrupt-image", lambda c: mk.write(c.t / "in.png", JPEG_GARBAGE), ["explain", "{run}", "{t}/in.png", "--out", "{t}/x.png"], {2}, ["{t}/x.png"], names=("in.png",), needs="run"),

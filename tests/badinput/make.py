@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import struct
 import zlib
@@ -14,6 +13,12 @@ import numpy as np
 from PIL import Image
 
 SIZE = 32  # seed_cnn's smallest input
+_JUNK = np.random.default_rng(11)
+
+
+def junk(n: int) -> bytes:
+    """Random bytes, the same on every run (the corpus is built in one order at import)."""
+    return _JUNK.bytes(n)
 
 
 def grey(path: Path, value: int | None = None, size: int = SIZE, seed: int = 0) -> Path:
