@@ -90,7 +90,7 @@ def train(
     if folds is not None:
         from .training.crossval import cross_validate, summary_lines
 
-        summary = cross_validate(config, folds, reporter=_reporter(quiet), overwrite=overwrite)
+        summary = cross_validate(config, folds, reporter=_reporter(quiet), overwrite=overwrite, resume=resume)
         typer.echo("\n".join(summary_lines(summary)))
         return
     result = run_training(config, reporter=_reporter(quiet), overwrite=overwrite, resume=resume)

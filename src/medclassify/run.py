@@ -240,11 +240,10 @@ class RunWriter:
         from .io import check_replaceable_dir, commit_dir
 
         check_replaceable_dir(self.final, self.overwrite, protected=self.protected)
-        for name in (CHECKPOINT, CHECKPOINT_TENSORS):
-            for f in self.path.glob(name):
-                f.unlink()
-        (self.path / LOCK).unlink(missing_ok=True)
-        commit_dir(self.path, self.final, replace=self.overwrite)
+        commit_dir(self.path, self.final, replace=self.overwrite)  # on failure the checkpoint stays resumable
+        for name in (CHECKPOINT, CHECKPOINT_TENSORS, LOCK):
+            for f in self.final.glob(name):
+                f.unlink(missing_ok=True)
         return self.final
 
     def abort(self) -> bool:

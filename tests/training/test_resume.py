@@ -177,3 +177,21 @@ def test_overwrite_never_deletes_a_user_folder_or_the_dataset(tiny_data, tmp_pat
     assert {p: tree_hash(p) for p in before} == before
     assert labels.read_bytes() == before_csv
     assert not list(tmp_path.glob(".*.partial*"))
+
+
+def test_a_live_training_holds_its_partial_folder_and_a_dead_one_does_not(tmp_path):
+    from medclassify.io import OutputError
+    from medclassify.run import RunWriter
+
+    w = RunWriter(tmp_path / "r")
+    with pytest.raises(OutputError, match=f"Another training \\(pid {os.getpid()}\\)"):
+        RunWriter(tmp_path / "r", resume=True)
+    lock = json.loads((w.path / "lock.json").read_text())
+    for pid, start in [(2**22 + 12345, lock["start"]), (os.getppid(), "another-boot:1")]:  # gone; PID reused
+        (w.path / "lock.json").write_text(json.dumps({**lock, "pid": pid, "start": start}))
+        (w.path / "stray").write_text("no checkpoint: nothing to resume")
+        w2 = RunWriter(tmp_path / "r", resume=True)
+        assert not w2.resuming and not (w.path / "stray").exists()
+        assert json.loads((w.path / "lock.json").read_text())["pid"] == os.getpid()
+    w2.abort()
+    assert not w2.path.exists()
