@@ -123,6 +123,10 @@ def test_ctrl_c_keeps_a_resumable_checkpoint_and_exits_130(tiny_data, tmp_path, 
 
     assert main(train_args(tiny_data, out, epochs=3)) == 2  # refuses: the checkpoint is not ours to drop silently
     assert main(train_args(tiny_data, out, epochs=4) + ["--resume"]) == 2  # different settings: refused, kept
+    extra = tiny_data / "normal" / "added_later.png"
+    extra.write_bytes(next((tiny_data / "normal").glob("*.png")).read_bytes())
+    assert main(train_args(tiny_data, out, epochs=3) + ["--resume"]) == 2  # the dataset changed: refused, kept
+    extra.unlink()
     assert (partial / "checkpoint.json").is_file()
     assert main(train_args(tiny_data, out, epochs=3) + ["--overwrite"]) == 0  # starts again, deleting it
     assert [r["epoch"] for r in csv.DictReader(open(out / "history.csv"))] == ["1", "2", "3"]
