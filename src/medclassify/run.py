@@ -131,6 +131,15 @@ def write_json(path: Path, obj: Any) -> None:
 CHECKPOINT = "checkpoint.json"  # the per-epoch checkpoint's commit point (see training/checkpoint.py)
 CHECKPOINT_TENSORS = "checkpoint-*.safetensors"
 LOCK = "lock.json"
+# What a partial training folder may hold: the run's own files, the checkpoint, and atomic-write temporaries.
+_OURS = ("run.json", "model.safetensors", "last.safetensors", "split.csv", "skipped.csv", "history.csv", "metrics",
+         CHECKPOINT, LOCK, CHECKPOINT_TENSORS, ".*.partial-*")
+
+
+def _all_ours(folder: Path) -> bool:
+    from fnmatch import fnmatch
+
+    return all(any(fnmatch(p.name, pattern) for pattern in _OURS) for p in folder.iterdir())
 
 
 def _process_start(pid: int) -> str | None:
@@ -210,6 +219,9 @@ class RunWriter:
             elif epoch is not None and not overwrite:
                 raise OutputError(f"{self.final} has an interrupted training, checkpointed after epoch {epoch}, in {self.path}.",
                                   "pass --resume (with the same arguments) to continue it, or --overwrite to start again and delete it.")
+            elif not _all_ours(self.path):
+                raise OutputError(f"{self.path} holds files medclassify did not write there.",
+                                  "move that folder away, or choose another --out.")
             else:  # killed before its first epoch ended (nothing to resume), or --overwrite
                 shutil.rmtree(self.path)
         remove_stale_partials(self.final.parent, self.final.name)  # the PID-named partials of older versions
@@ -240,7 +252,8 @@ class RunWriter:
         from .io import check_replaceable_dir, commit_dir
 
         check_replaceable_dir(self.final, self.overwrite, protected=self.protected)
-        commit_dir(self.path, self.final, replace=self.overwrite)  # on failure the checkpoint stays resumable
+        empty = self.final.is_dir() and not any(self.final.iterdir())
+        commit_dir(self.path, self.final, replace=self.overwrite or empty)  # on failure the checkpoint stays resumable
         for name in (CHECKPOINT, CHECKPOINT_TENSORS, LOCK):
             for f in self.final.glob(name):
                 f.unlink(missing_ok=True)

@@ -193,9 +193,26 @@ def test_a_live_training_holds_its_partial_folder_and_a_dead_one_does_not(tmp_pa
     lock = json.loads((w.path / "lock.json").read_text())
     for pid, start in [(2**22 + 12345, lock["start"]), (os.getppid(), "another-boot:1")]:  # gone; PID reused
         (w.path / "lock.json").write_text(json.dumps({**lock, "pid": pid, "start": start}))
-        (w.path / "stray").write_text("no checkpoint: nothing to resume")
+        (w.path / "history.csv").write_text("epoch\n")  # no checkpoint: nothing to resume
         w2 = RunWriter(tmp_path / "r", resume=True)
-        assert not w2.resuming and not (w.path / "stray").exists()
+        assert not w2.resuming and not (w.path / "history.csv").exists()
         assert json.loads((w.path / "lock.json").read_text())["pid"] == os.getpid()
     w2.abort()
     assert not w2.path.exists()
+
+
+def test_a_run_goes_into_an_empty_folder_and_never_into_a_stranger_partial(tmp_path):
+    from medclassify.io import OutputError
+    from medclassify.run import RunWriter
+
+    (tmp_path / "r").mkdir()
+    w = RunWriter(tmp_path / "r")
+    (w.path / "run.json").write_text("{}")
+    assert w.commit() == tmp_path / "r" and (tmp_path / "r" / "run.json").is_file()
+    assert not (tmp_path / "r" / "lock.json").exists()
+    stranger = tmp_path / ".s.partial"
+    stranger.mkdir()
+    (stranger / "thesis.docx").write_text("not ours")
+    with pytest.raises(OutputError, match="did not write"):
+        RunWriter(tmp_path / "s", overwrite=True)
+    assert (stranger / "thesis.docx").is_file()

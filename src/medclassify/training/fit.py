@@ -26,9 +26,9 @@ from ..data.transforms import augment, get_preset
 from ..errors import ConfigError, RunError
 from ..evaluation.metrics import compute_metrics
 from ..inference.cached import autocast_context, predict_rows
+from ..io import read_json_object, write_csv, write_json
 from ..models import create_model, get_spec
 from ..reporting import Reporter
-from ..io import read_json_object, write_csv, write_json
 from ..run import FORMAT_VERSION, RunWriter, load_run, read_split_csv, save_weights, write_split_csv
 from .callbacks import BestCheckpoint, EarlyStopping, History, WeightAverage
 from .checkpoint import (check_resumable, config_snapshot, load_checkpoint, load_optimizer_state, optimizer_state,
@@ -172,7 +172,6 @@ class Trainer:
         finished = False
         parts = dict(model=model, optimizer=optimizer, ema=ema, scaler=scaler, rng=rng, gen=gen, history=history,
                      best=best, stopper=stopper)
-        writer.training_started = True
         if writer.resuming:
             loop = self._restore(writer.path, **parts)
             epoch_done, step, epochs, total_steps = loop["epoch"], loop["step"], loop["epochs"], loop["total_steps"]
@@ -180,7 +179,9 @@ class Trainer:
             t_start = time.perf_counter() - loop["elapsed_s"]  # a time budget continues the saved plan
             t_decay = t_start + loop["decay_offset_s"]
             rep.info(f"Resuming after epoch {epoch_done} (of {epochs} planned) from the checkpoint in {writer.path}.")
-        for epoch in range(epoch_done + 1, 0 if finished else c.epochs + 1):
+        writer.training_started = True
+        last = epoch_done if finished else c.epochs  # the plan may end sooner: see `finished` below
+        for epoch in range(epoch_done + 1, last + 1):
             model.train()
             keep_frozen_eval(self.frozen)
             t_epoch = time.perf_counter()
@@ -354,7 +355,7 @@ def train(config: TrainConfig | None = None, reporter: Reporter | None = None, o
         if writer.abort() and (interrupt or writer.training_started):
             what = "Interrupted" if interrupt else "Stopped"
             reporter.warn(f"{what} after epoch {writer.checkpointed_epoch}: its checkpoint is kept in {writer.path}; "
-                          "run the same command with --resume to continue.")
+                          "run the same command with --resume to continue, or with --overwrite to start again.")
         raise
 
 
