@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from medclassify.errors import RunError
+from medclassify.errors import MedClassifyError
 from medclassify.run import RunWriter
 
 
@@ -12,7 +12,7 @@ def test_run_appears_only_when_committed(tmp_path):
     assert not (tmp_path / "run").exists()
     assert w.commit() == tmp_path / "run"
     assert (tmp_path / "run" / "run.json").is_file()
-    with pytest.raises(RunError, match="already exists"):
+    with pytest.raises(MedClassifyError, match="already exists"):
         RunWriter(tmp_path / "run")
 
 

@@ -77,7 +77,8 @@ def train(
     dedupe: bool = typer.Option(None, "--dedupe", help="Keep only the held-out copy of duplicates that cross splits (test, then val) and drop duplicate groups with conflicting labels (counted)."),
     strict: bool = typer.Option(None, "--strict", help="Refuse to train when splits leak or duplicate labels conflict."),
     folds: int = typer.Option(None, "--folds", help="Group k-fold cross-validation: K runs under OUT/fold_k and OUT/cv_summary.json."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory (only a medclassify run), or discard an interrupted training's checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training (same arguments) from its last completed epoch."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE for any training setting, e.g. --set seed=1 "
                                               "--set warmup_epochs=1 (repeatable; see run.json's config for the keys)."),
@@ -107,10 +108,10 @@ def train(
     if folds is not None:
         from .training.crossval import cross_validate, summary_lines
 
-        summary = cross_validate(config, folds, reporter=_reporter(quiet), overwrite=overwrite)
+        summary = cross_validate(config, folds, reporter=_reporter(quiet), overwrite=overwrite, resume=resume)
         typer.echo("\n".join(summary_lines(summary)))
         return
-    result = run_training(config, reporter=_reporter(quiet), overwrite=overwrite)
+    result = run_training(config, reporter=_reporter(quiet), overwrite=overwrite, resume=resume)
     _print(*metrics_table(result.val_metrics, f"validation (best epoch {result.best_epoch})"))
     typer.echo(f"Run written to {result.run_dir}")
 

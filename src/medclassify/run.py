@@ -18,7 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -211,13 +211,13 @@ def read_split_csv(path: Path) -> list[Record]:
         raise RunError(f"{path} is not a run's split list (column {e} missing or empty).", fix) from None
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
+    from .io import write_with
+
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(sd, str(tmp))
-    os.replace(tmp, path)
+    write_with(path, lambda tmp: save_file(sd, str(tmp), metadata=metadata))
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -228,39 +228,142 @@ def write_json(path: Path, obj: Any) -> None:
     io.write_json(path, obj)
 
 
-def _pid_alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return True  # not ours to remove
+CHECKPOINT = "checkpoint.json"  # the per-epoch checkpoint's commit point (see training/checkpoint.py)
+CHECKPOINT_TENSORS = "checkpoint-*.safetensors"
+LOCK = "lock.json"
+# What a partial training folder may hold: the run's own files, the checkpoint, and atomic-write temporaries.
+_OURS = ("run.json", "model.safetensors", "last.safetensors", "split.csv", "skipped.csv", "history.csv", "metrics",
+         CHECKPOINT, LOCK, CHECKPOINT_TENSORS, ".*.partial-*")
+
+
+def _all_ours(folder: Path) -> bool:
+    from fnmatch import fnmatch
+
+    return all(any(fnmatch(p.name, pattern) for pattern in _OURS) for p in folder.iterdir())
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot) and the boot's id: with the PID, this names
+    one process for ever, so a PID reused after a reboot or a wrap-around is not mistaken for it."""
     try:
-        os.kill(int(pid), 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def _lock_owner(folder: Path) -> int | None:
+    """The PID of the live process that holds `folder`'s lock, else None."""
+    import socket
+
+    try:
+        lock = json.loads((folder / LOCK).read_text())
+        pid = int(lock["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if lock.get("host") != socket.gethostname():
+        return pid  # another machine's process (a shared disk): assume it lives
+    try:
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return None
     except PermissionError:
-        return True
-    return True
+        pass
+    return pid if lock.get("start") in (None, _process_start(pid)) else None
+
+
+def checkpointed_epoch(folder: Path) -> int | None:
+    """The last completed epoch checkpointed in a partial run folder, or None."""
+    try:
+        epoch = json.loads((folder / CHECKPOINT).read_text()).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) else None
 
 
 class RunWriter:
-    """Builds a run in a hidden sibling folder and moves it into place only when complete, so a
-    failed or interrupted training never leaves a half-written run where the user asked for one."""
+    """Builds a run in the hidden sibling folder `.NAME.partial` and moves it into place only when
+    complete, so a failed or interrupted training never leaves a half-written run where the user
+    asked for one.
 
-    def __init__(self, out: str | Path, overwrite: bool = False):
+    Training checkpoints every completed epoch into that folder. A training that was killed
+    (SIGKILL, out of memory, power loss) or interrupted leaves it behind, resumable with `resume=True`;
+    a fresh training refuses to delete it unless `overwrite=True`. A lock file with the owner's PID
+    keeps two trainings out of one folder."""
+
+    def __init__(self, out: str | Path, overwrite: bool = False, resume: bool = False,
+                 protected: Iterable[str | Path] = ()):
+        import socket
+
+        from .io import OutputError, check_replaceable_dir, remove_stale_partials, write_json
+
         self.final = Path(out)
-        if self.final.exists() and any(self.final.iterdir()) and not overwrite:
-            raise RunError(f"Output folder {self.final} already exists and is not empty.", "choose another --out or pass --overwrite.")
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.path = self.final.parent / f".{self.final.name}.partial-{os.getpid()}"
-        for stale in self.final.parent.glob(f".{self.final.name}.partial-*"):
-            if not _pid_alive(stale.name.rsplit("-", 1)[-1]):  # left by a killed process
-                shutil.rmtree(stale, ignore_errors=True)
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.path.mkdir(parents=True)
+        self.overwrite = overwrite
+        self.protected = [Path(p) for p in protected]
+        check_replaceable_dir(self.final, overwrite, protected=self.protected)
+        self.path = self.final.parent / f".{self.final.name}.partial"
+        self.resuming = False
+        self.training_started = False  # set by the fit loop: failures from then on report the kept checkpoint
+        if self.path.is_symlink() or self.path.is_file():
+            raise OutputError(f"{self.path} exists and is not a training folder medclassify made.",
+                              "move it away, or choose another --out.")
+        if self.path.is_dir():
+            owner = _lock_owner(self.path)
+            if owner is not None:
+                raise OutputError(f"Another training (pid {owner}) is writing {self.final} (in {self.path}).",
+                                  "wait for it to finish or stop it, or choose another --out.")
+            epoch = checkpointed_epoch(self.path)
+            if epoch is not None and resume:
+                self.resuming = True
+            elif epoch is not None and not overwrite:
+                raise OutputError(f"{self.final} has an interrupted training, checkpointed after epoch {epoch}, in {self.path}.",
+                                  "pass --resume (with the same arguments) to continue it, or --overwrite to start again and delete it.")
+            elif not _all_ours(self.path):
+                raise OutputError(f"{self.path} holds files medclassify did not write there.",
+                                  "move that folder away, or choose another --out.")
+            else:  # killed before its first epoch ended (nothing to resume), or --overwrite
+                shutil.rmtree(self.path)
+        remove_stale_partials(self.final.parent, self.final.name)  # the PID-named partials of older versions
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.path / LOCK, {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid())})
+
+    def protect(self, inputs: Iterable[str]) -> None:
+        """Refuse, before training, to replace an --out folder that holds any input file (a labels CSV
+        or a YAML spec can name images anywhere)."""
+        from .io import OutputError, resolved
+
+        if not (self.overwrite and self.final.is_dir()):
+            return
+        final = str(resolved(self.final))
+        for folder in {os.path.dirname(os.path.abspath(p)) for p in inputs}:
+            f = str(resolved(folder))
+            if f == final or f.startswith(final + os.sep):
+                raise OutputError(f"--out {self.final} holds images of the dataset ({folder}); --overwrite would delete them.",
+                                  "choose an --out folder outside the dataset.")
+
+    @property
+    def checkpointed_epoch(self) -> int | None:
+        return checkpointed_epoch(self.path)
 
     def commit(self) -> Path:
-        if self.final.exists():
-            shutil.rmtree(self.final)
-        os.replace(self.path, self.final)
+        """Move the finished run into place; an earlier run there (checked again: it must still be ours
+        to replace) is removed only once the new one is in place."""
+        from .io import check_replaceable_dir, commit_dir
+
+        check_replaceable_dir(self.final, self.overwrite, protected=self.protected)
+        empty = self.final.is_dir() and not any(self.final.iterdir())
+        commit_dir(self.path, self.final, replace=self.overwrite or empty)  # on failure the checkpoint stays resumable
+        for name in (CHECKPOINT, CHECKPOINT_TENSORS, LOCK):
+            for f in self.final.glob(name):
+                f.unlink(missing_ok=True)
         return self.final
 
-    def abort(self) -> None:
+    def abort(self) -> bool:
+        """After a failure or an interrupt: keep the folder when it holds a checkpoint (it can be
+        resumed), else remove it. Returns whether it was kept."""
+        if self.checkpointed_epoch is not None:
+            (self.path / LOCK).unlink(missing_ok=True)
+            return True
         shutil.rmtree(self.path, ignore_errors=True)
+        return False

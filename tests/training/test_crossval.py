@@ -35,3 +35,27 @@ def test_cross_validation_command(tmp_path):
         values = [p[m] for p in summary["per_fold"]]
         assert abs(summary["mean"][m] - sum(values) / 2) < 1e-3 and summary["std"][m] >= 0
     assert all((out / f"fold_{k}" / "run.json").is_file() for k in range(2))
+
+
+def test_cross_validation_resume_keeps_finished_folds(tmp_path, monkeypatch):
+    """--resume after an interrupted --folds run trains only the folds that did not finish."""
+    import shutil
+
+    from medclassify.training import fit
+
+    data = generate_dataset(tmp_path / "d", per_class=12, size=32, splits={"train": 0.75, "test": 0.25})
+    out = tmp_path / "cv"
+    args = ["train", str(data), "--out", str(out), "--model", "seed_cnn", "--image-size", "32", "--epochs", "1",
+            "--folds", "2", "--batch-size", "16", "-q"]
+    assert main(args) == 0
+    fold0 = (out / "fold_0" / "model.safetensors").read_bytes()
+    shutil.rmtree(out / "fold_1")  # as if interrupted before the second fold finished
+    (out / "cv_summary.json").unlink()
+    assert main(args) == 2  # the folder exists: refused without --resume or --overwrite
+    trained = []
+    real_train = fit.train
+    monkeypatch.setattr(fit, "train", lambda config, **kw: trained.append(config.out) or real_train(config, **kw))
+    assert main(args + ["--resume"]) == 0
+    assert trained == [str(out / "fold_1")]
+    assert (out / "fold_0" / "model.safetensors").read_bytes() == fold0
+    assert len(json.loads((out / "cv_summary.json").read_text())["per_fold"]) == 2

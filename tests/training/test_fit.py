@@ -141,9 +141,10 @@ def test_freezing_needs_pretrained_weights_and_a_staged_model(small_dataset, tmp
     assert not (tmp_path / "a").exists()
 
 
-def test_sigterm_during_training_leaves_no_partial_run(tmp_path):
-    """`kill` (SIGTERM) unwinds like Ctrl-C: the hidden partial run directory is removed and the
-    process exits with 128 + 15."""
+def test_sigterm_during_training_keeps_a_resumable_checkpoint(tmp_path):
+    """`kill` (SIGTERM) unwinds like Ctrl-C: the process exits with 128 + 15, no run appears where
+    the user asked for one, and the hidden partial folder keeps the last completed epoch's
+    checkpoint, marked interrupted and unlocked, for --resume."""
     import os
     import signal
     import subprocess
@@ -154,19 +155,24 @@ def test_sigterm_during_training_leaves_no_partial_run(tmp_path):
 
     data = generate_dataset(tmp_path / "d", per_class=40, size=32, seed=1)
     out = tmp_path / "runs" / "r"
+    partial = out.parent / ".r.partial"
     code = ("from medclassify.training.fit import train; from medclassify.reporting import Reporter; "
             f"train(data={str(data)!r}, out={str(out)!r}, model='seed_cnn', image_size=32, epochs=10000, "
             "time_budget=None, batch_size=4, early_stopping=0, workers=2, reporter=Reporter(quiet=True))")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not (list(out.parent.glob(".r.partial-*/history.csv")) or proc.poll() is not None):
+    while not ((partial / "checkpoint.json").is_file() or proc.poll() is not None):
         assert time.monotonic() < deadline, "training did not reach its first epoch"
         time.sleep(0.2)
     assert proc.poll() is None, proc.stderr.read().decode()[-500:]
+    assert (partial / "lock.json").is_file()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert not out.exists()
+    assert json.loads((partial / "checkpoint.json").read_text())["epoch"] >= 1
+    assert json.loads((partial / "run.json").read_text())["interrupted"] is True
+    assert not (partial / "lock.json").exists()
     assert not list(out.parent.glob(".r.partial-*"))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import csv
 import math
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..evaluation.metrics import monitor_value
+from ..io import write_csv
 from ..run import save_weights
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
@@ -24,14 +24,15 @@ class History:
 
     def append(self, row: dict) -> None:
         self.rows.append({k: row.get(k) for k in HISTORY_FIELDS})
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-            w.writeheader()
-            w.writerows(self.rows)
+
+    def write(self) -> None:
+        write_csv(self.path, HISTORY_FIELDS, ([r.get(k) for k in HISTORY_FIELDS] for r in self.rows))
 
 
 class BestCheckpoint:
-    """Keeps the weights of the epoch with the best monitored validation value."""
+    """Keeps the weights of the epoch with the best monitored validation value. `update` decides,
+    `save` writes: the fit loop saves only after the epoch's checkpoint is committed, so a resumed
+    training never finds best weights newer than its checkpoint."""
 
     def __init__(self, path: Path, monitor: str):
         self.path, self.monitor = path, monitor
@@ -42,9 +43,17 @@ class BestCheckpoint:
         value = monitor_value(metrics, self.monitor)
         if value > self.best or self.best_epoch is None:
             self.best, self.best_epoch = value, epoch
-            save_weights(model, self.path)
             return True
         return False
+
+    def save(self, model: nn.Module) -> None:
+        save_weights(model, self.path, metadata={"epoch": str(self.best_epoch)})
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}  # json keeps -inf and NaN (as -Infinity, NaN)
+
+    def load_state(self, state: dict) -> None:
+        self.best, self.best_epoch = float(state["best"]), state["best_epoch"]
 
 
 class EarlyStopping:

@@ -7,7 +7,6 @@ each fold's validation metrics and their mean and standard deviation."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data.audit import find_duplicates, fingerprint_index
-from ..data.cache import write_text_atomic
 from ..data.sources import Record, attach_patients, scan_folder
 from ..data.splits import carve, group_kfold
 from ..reporting import Reporter
@@ -41,20 +39,32 @@ def fold_records(config: TrainConfig, k: int, reporter: Reporter) -> list[list[R
     return out
 
 
-def cross_validate(config: TrainConfig, k: int, reporter: Reporter | None = None, overwrite: bool = False) -> dict:
+def cross_validate(config: TrainConfig, k: int, reporter: Reporter | None = None, overwrite: bool = False,
+                   resume: bool = False) -> dict:
+    from ..io import check_replaceable_dir, is_medclassify_dir, write_json
+    from ..run import load_run
     from .fit import train
 
     reporter = reporter or Reporter()
     out = Path(config.out)
+    if not (resume and out.is_dir() and is_medclassify_dir(out)):
+        check_replaceable_dir(out, overwrite, protected=[config.data])
+    write_json(out / ".medclassify", {"schema": "medclassify-crossval", "folds": k})  # marks the folder as ours
     (out / "folds").mkdir(parents=True, exist_ok=True)
     per_fold = []
     for f, records in enumerate(fold_records(config, k, reporter)):
         csv_path = out / "folds" / f"fold_{f}.csv"
         write_split_csv(csv_path, records)
+        fold_out = out / f"fold_{f}"
+        if resume and (fold_out / "run.json").is_file() and "best_epoch" in (done := load_run(fold_out)).info:
+            reporter.info(f"Fold {f + 1}/{k}: already trained in {fold_out}.")
+            per_fold.append({"fold": f, "run": str(fold_out), "best_epoch": done.info["best_epoch"],
+                             **{m: (done.metrics("val") or {}).get(m) for m in SUMMARY_METRICS}})
+            continue
         reporter.info(f"Fold {f + 1}/{k}: {sum(r.split == 'train' for r in records)} train, "
                       f"{sum(r.split == 'val' for r in records)} validation images.")
-        result = train(config.model_copy(update={"data": str(csv_path), "out": str(out / f"fold_{f}")}),
-                       reporter=reporter, overwrite=overwrite)
+        result = train(config.model_copy(update={"data": str(csv_path), "out": str(fold_out)}),
+                       reporter=reporter, overwrite=overwrite, resume=resume)
         per_fold.append({"fold": f, "run": str(result.run_dir), "best_epoch": result.best_epoch,
                          **{m: result.val_metrics.get(m) for m in SUMMARY_METRICS}})
     summary = {"folds": k, "data": config.data, "per_fold": per_fold, "mean": {}, "std": {}}
@@ -63,7 +73,7 @@ def cross_validate(config: TrainConfig, k: int, reporter: Reporter | None = None
         if len(values):
             summary["mean"][m] = round(float(values.mean()), 4)
             summary["std"][m] = round(float(values.std(ddof=1)) if len(values) > 1 else 0.0, 4)
-    write_text_atomic(out / "cv_summary.json", json.dumps(summary, indent=2))
+    write_json(out / "cv_summary.json", summary)
     return summary
 
 

@@ -23,14 +23,16 @@ from .. import __version__
 from ..config import TrainConfig
 from ..data.prepare import PreparedData, prepare
 from ..data.transforms import augment, get_preset
-from ..errors import ConfigError
+from ..errors import ConfigError, RunError
 from ..evaluation.metrics import compute_metrics
 from ..inference.cached import autocast_context, predict_rows
-from ..io import write_csv
+from ..io import read_json_object, write_csv, write_json
 from ..models import create_model, get_spec
 from ..reporting import Reporter
-from ..run import FORMAT_VERSION, RunWriter, load_run, save_weights, write_json, write_split_csv
+from ..run import FORMAT_VERSION, RunWriter, load_run, read_split_csv, save_weights, write_split_csv
 from .callbacks import BestCheckpoint, EarlyStopping, History, WeightAverage
+from .checkpoint import (check_resumable, config_snapshot, load_checkpoint, load_optimizer_state, optimizer_state,
+                         prefixed, restore_rng, rng_state, save_checkpoint, unprefixed)
 from .freeze import freeze_stages, keep_frozen_eval, stage_modules
 from .imbalance import class_weights, epoch_order
 from .precision import choose_amp_dtype
@@ -167,91 +169,137 @@ class Trainer:
         t_decay = t_start
         self.planned_seconds = c.time_budget or 0.0  # until the first-steps calibration
         calibrated = c.time_budget is None
-        try:
-            for epoch in range(1, epochs + 1):
-                model.train()
-                keep_frozen_eval(self.frozen)
-                t_epoch = time.perf_counter()
-                order = epoch_order(self.train_labels, c.imbalance if c.imbalance == "sampler" else "none", rng)
-                loss_sum = correct = seen = 0.0
-                t_cal = None
-                with rep.task(f"epoch {epoch}/{epochs}", steps_per_epoch, fields="loss {task.fields[loss]:.4f}") as bar:
-                    for b in range(steps_per_epoch):
-                        idx = order[b * c.batch_size : (b + 1) * c.batch_size]
-                        rows = self.train_rows[idx]
-                        sort = np.argsort(rows)
-                        x = self.prep.to_tensor(self.data.cache.images[rows[sort]])
-                        y = torch.from_numpy(self.train_labels[idx][sort])
-                        x = self.prep.normalise(augment(x, self.preset, gen)).to(self.device, non_blocking=True)
-                        y = y.to(self.device)
-                        if step == warmup:
-                            t_decay = time.perf_counter()
-                        time_progress = None
-                        if c.time_budget and step >= warmup:
-                            spent = time.perf_counter() - t_decay
-                            time_progress = spent / max(1e-9, self.planned_seconds - (t_decay - t_start))
-                        mult = lr_multiplier(step, cap_steps if c.time_budget else total_steps, warmup, c.scheduler,
-                                             time_progress=time_progress)
-                        for g, base in zip(optimizer.param_groups, base_lrs):
-                            g["lr"] = base * mult
-                        with autocast_context(self.device, amp):
-                            logits = model(x)
-                            loss = loss_fn(logits.float(), y)
-                        optimizer.zero_grad(set_to_none=True)
-                        if scaler:
-                            scaler.scale(loss).backward()
-                            scaler.step(optimizer)
-                            scaler.update()
-                        else:
-                            loss.backward()
-                            optimizer.step()
-                        if ema:
-                            ema.update(model)
-                        if not torch.isfinite(loss):
-                            raise ConfigError(f"Training diverged (loss {loss.item()}) at epoch {epoch}.",
-                                              "lower --lr (e.g. by 10x) or use --precision fp32.")
-                        step += 1
-                        loss_sum += loss.item() * len(idx)
-                        correct += (logits.argmax(1) == y).sum().item()
-                        seen += len(idx)
-                        bar.advance(1, loss=loss_sum / seen)
-                        if not calibrated and b == 1:
-                            t_cal = time.perf_counter()
-                        if not calibrated and t_cal and b == 1 + CALIBRATION_STEPS:
-                            epochs, total_steps = self._fit_budget(t_cal, CALIBRATION_STEPS * c.batch_size,
-                                                                    t_epoch - t_start, steps_per_epoch, epochs)
-                            calibrated = True
-                train_s = time.perf_counter() - t_epoch
-                shipped = ema.module if ema else model
-                val_probs, val_logits = predict_rows(shipped, self.data.cache.images, self.val_rows, self.prep,
-                                                     device=self.device, amp_dtype=amp)
-                val = compute_metrics(self.val_labels, val_probs, self.classes)
-                val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(self.val_labels)))
-                improved = best.update(shipped, epoch, val)
-                epoch_done = epoch
-                lr_now = optimizer.param_groups[0]["lr"]
-                history.append({"epoch": epoch, "lr": lr_now, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                                "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                                "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
-                                "val_auc": val["auc"], "seconds": time.perf_counter() - t_epoch,
-                                "train_images_per_s": seen / train_s})
-                auc = f"{val['auc']:.4f}" if val["auc"] is not None else "n/a"
-                rep.info(f"epoch {epoch}/{epochs}: loss {loss_sum / seen:.4f}, val loss {val['loss']:.4f}, "
-                         f"val acc {val['accuracy']:.4f}, bal acc {val['balanced_accuracy']:.4f}, AUC {auc}, "
-                         f"{seen / train_s:.1f} img/s{' *' if improved else ''}")
-                if stopper.step(improved):
-                    rep.info(f"Early stopping: no improvement of val {c.monitor} for {c.early_stopping} epochs.")
-                    break
-                if c.time_budget:
-                    epochs, total_steps = self._replan(t_start, epoch, epochs, steps_per_epoch)
-                if epoch >= epochs:
-                    break
-        except KeyboardInterrupt:
-            if best.best_epoch is None:
-                raise
-            rep.warn(f"Interrupted during epoch {epoch_done + 1}: keeping the best checkpoint so far (epoch {best.best_epoch}).")
+        finished = False
+        parts = dict(model=model, optimizer=optimizer, ema=ema, scaler=scaler, rng=rng, gen=gen, history=history,
+                     best=best, stopper=stopper)
+        if writer.resuming:
+            loop = self._restore(writer.path, **parts)
+            epoch_done, step, epochs, total_steps = loop["epoch"], loop["step"], loop["epochs"], loop["total_steps"]
+            calibrated, finished, self.planned_seconds = loop["calibrated"], loop["finished"], loop["planned_seconds"]
+            t_start = time.perf_counter() - loop["elapsed_s"]  # a time budget continues the saved plan
+            t_decay = t_start + loop["decay_offset_s"]
+            rep.info(f"Resuming after epoch {epoch_done} (of {epochs} planned) from the checkpoint in {writer.path}.")
+        writer.training_started = True
+        last = epoch_done if finished else c.epochs  # the plan may end sooner: see `finished` below
+        for epoch in range(epoch_done + 1, last + 1):
+            model.train()
+            keep_frozen_eval(self.frozen)
+            t_epoch = time.perf_counter()
+            order = epoch_order(self.train_labels, c.imbalance if c.imbalance == "sampler" else "none", rng)
+            loss_sum = correct = seen = 0.0
+            t_cal = None
+            with rep.task(f"epoch {epoch}/{epochs}", steps_per_epoch, fields="loss {task.fields[loss]:.4f}") as bar:
+                for b in range(steps_per_epoch):
+                    idx = order[b * c.batch_size : (b + 1) * c.batch_size]
+                    rows = self.train_rows[idx]
+                    sort = np.argsort(rows)
+                    x = self.prep.to_tensor(self.data.cache.images[rows[sort]])
+                    y = torch.from_numpy(self.train_labels[idx][sort])
+                    x = self.prep.normalise(augment(x, self.preset, gen)).to(self.device, non_blocking=True)
+                    y = y.to(self.device)
+                    if step == warmup:
+                        t_decay = time.perf_counter()
+                    time_progress = None
+                    if c.time_budget and step >= warmup:
+                        spent = time.perf_counter() - t_decay
+                        time_progress = spent / max(1e-9, self.planned_seconds - (t_decay - t_start))
+                    mult = lr_multiplier(step, cap_steps if c.time_budget else total_steps, warmup, c.scheduler,
+                                         time_progress=time_progress)
+                    for g, base in zip(optimizer.param_groups, base_lrs):
+                        g["lr"] = base * mult
+                    with autocast_context(self.device, amp):
+                        logits = model(x)
+                        loss = loss_fn(logits.float(), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    if ema:
+                        ema.update(model)
+                    if not torch.isfinite(loss):
+                        raise ConfigError(f"Training diverged (loss {loss.item()}) at epoch {epoch}.",
+                                          "lower --lr (e.g. by 10x) or use --precision fp32.")
+                    step += 1
+                    loss_sum += loss.item() * len(idx)
+                    correct += (logits.argmax(1) == y).sum().item()
+                    seen += len(idx)
+                    bar.advance(1, loss=loss_sum / seen)
+                    if not calibrated and b == 1:
+                        t_cal = time.perf_counter()
+                    if not calibrated and t_cal and b == 1 + CALIBRATION_STEPS:
+                        epochs, total_steps = self._fit_budget(t_cal, CALIBRATION_STEPS * c.batch_size,
+                                                                t_epoch - t_start, steps_per_epoch, epochs)
+                        calibrated = True
+            train_s = time.perf_counter() - t_epoch
+            shipped = ema.module if ema else model
+            val_probs, val_logits = predict_rows(shipped, self.data.cache.images, self.val_rows, self.prep,
+                                                 device=self.device, amp_dtype=amp)
+            val = compute_metrics(self.val_labels, val_probs, self.classes)
+            val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(self.val_labels)))
+            improved = best.update(shipped, epoch, val)
+            epoch_done = epoch
+            lr_now = optimizer.param_groups[0]["lr"]
+            history.append({"epoch": epoch, "lr": lr_now, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                            "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
+                            "val_auc": val["auc"], "seconds": time.perf_counter() - t_epoch,
+                            "train_images_per_s": seen / train_s})
+            auc = f"{val['auc']:.4f}" if val["auc"] is not None else "n/a"
+            rep.info(f"epoch {epoch}/{epochs}: loss {loss_sum / seen:.4f}, val loss {val['loss']:.4f}, "
+                     f"val acc {val['accuracy']:.4f}, bal acc {val['balanced_accuracy']:.4f}, AUC {auc}, "
+                     f"{seen / train_s:.1f} img/s{' *' if improved else ''}")
+            finished = stopper.step(improved)
+            if finished:
+                rep.info(f"Early stopping: no improvement of val {c.monitor} for {c.early_stopping} epochs.")
+            elif c.time_budget:
+                epochs, total_steps = self._replan(t_start, epoch, epochs, steps_per_epoch)
+            finished = finished or epoch >= epochs
+            loop = {"epoch": epoch, "step": step, "epochs": epochs, "total_steps": total_steps, "calibrated": calibrated,
+                    "finished": finished, "planned_seconds": self.planned_seconds,
+                    "elapsed_s": time.perf_counter() - t_start, "decay_offset_s": t_decay - t_start}
+            self._checkpoint(writer.path, loop, **parts)  # the commit point of this epoch
+            history.write()
+            if improved:
+                best.save(shipped)
+            if finished:
+                break
         save_weights(ema.module if ema else model, writer.path / "last.safetensors")
         return TrainResult(writer.path, best.best_epoch, epoch_done, {}, time.perf_counter() - t_start)
+
+    def _checkpoint(self, folder: Path, loop: dict, model, optimizer, ema, scaler, rng, gen, history, best, stopper) -> None:
+        opt_tensors, opt_meta = optimizer_state(optimizer)
+        rng_tensors, rng_meta = rng_state(rng, gen, self.device)
+        tensors = {**prefixed("model", model.state_dict()), **opt_tensors, **rng_tensors}
+        if ema:
+            tensors.update(prefixed("ema", ema.module.state_dict()))
+        meta = {"config": config_snapshot(self.config.model_dump()), "loop": loop, "optimizer": opt_meta, "rng": rng_meta,
+                "best": best.state(), "early_stopping": {"bad_epochs": stopper.bad_epochs},
+                "ema_steps": ema.steps if ema else None, "scaler": scaler.state_dict() if scaler else None,
+                "history": history.rows}
+        save_checkpoint(folder, loop["epoch"], tensors, meta)
+
+    def _restore(self, folder: Path, model, optimizer, ema, scaler, rng, gen, history, best, stopper) -> dict:
+        tensors, meta = load_checkpoint(folder)
+        model.load_state_dict(unprefixed("model", tensors))
+        load_optimizer_state(optimizer, tensors, meta["optimizer"])
+        if ema:
+            ema.module.load_state_dict(unprefixed("ema", tensors))
+            ema.steps = meta["ema_steps"]
+        if scaler and meta["scaler"]:
+            scaler.load_state_dict(meta["scaler"])
+        restore_rng(tensors, meta["rng"], rng, gen, self.device)
+        best.load_state(meta["best"])
+        stopper.bad_epochs = meta["early_stopping"]["bad_epochs"]
+        history.rows = meta["history"]
+        # Writes that follow a checkpoint's commit, redone in case the kill came between them.
+        history.write()
+        if best.best_epoch == meta["epoch"]:
+            best.save(ema.module if ema else model)
+        return meta["loop"]
 
     def _fit_budget(self, t_cal: float, images_timed: int, setup_s: float, steps_per_epoch: int, max_epochs: int):
         c = self.config
@@ -285,26 +333,35 @@ def epochs_within_budget(elapsed: float, done: int, budget: float, max_epochs: i
     return max(done, min(max_epochs, done + int(max(0.0, budget - elapsed) // per_epoch)))
 
 
-def train(config: TrainConfig | None = None, reporter: Reporter | None = None, overwrite: bool = False, **kwargs) -> TrainResult:
+def train(config: TrainConfig | None = None, reporter: Reporter | None = None, overwrite: bool = False,
+          resume: bool = False, **kwargs) -> TrainResult:
     """Train a model and write a complete run directory. Accepts a TrainConfig or keyword arguments
-    (data=..., out=..., model=..., ...)."""
+    (data=..., out=..., model=..., ...). Every completed epoch is checkpointed in the hidden partial
+    run folder; `resume=True` continues an interrupted training of the same settings from there."""
     config = config or TrainConfig(**kwargs)
     reporter = reporter or Reporter()
     if config.threads:
         torch.set_num_threads(config.threads)
     spec = get_spec(config.model)
-    writer = RunWriter(config.out, overwrite=overwrite)
+    writer = RunWriter(config.out, overwrite=overwrite, resume=resume,
+                       protected=[p for p in (config.data, config.weights) if p])
+    if resume and not writer.resuming:
+        reporter.info(f"Nothing to resume for {config.out}: training from the start.")
     try:
         with sigterm_as_exit():
             return _train_into(writer, config, spec, reporter)
-    except BaseException:
-        writer.abort()
+    except BaseException as e:
+        interrupt = isinstance(e, (KeyboardInterrupt, SystemExit))
+        if writer.abort() and (interrupt or writer.training_started):
+            what = "Interrupted" if interrupt else "Stopped"
+            reporter.warn(f"{what} after epoch {writer.checkpointed_epoch}: its checkpoint is kept in {writer.path}; "
+                          "run the same command with --resume to continue, or with --overwrite to start again.")
         raise
 
 
 @contextlib.contextmanager
 def sigterm_as_exit():
-    """A `kill` (SIGTERM) unwinds like Ctrl-C would, so the partial run directory is removed."""
+    """A `kill` (SIGTERM) unwinds like Ctrl-C would: the last epoch's checkpoint is kept, resumable."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -328,6 +385,8 @@ def sigterm_as_exit():
 def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter) -> TrainResult:
     from ..evaluation.evaluate import choose_tta
 
+    if writer.resuming:
+        check_resumable(writer.path, config_snapshot(config.model_dump()))  # before the long preparation
     t0 = time.perf_counter()
     data = prepare(config.data, image_size=config.image_size, resize=config.resize, channels=config.channels,
                    normalize=config.normalize, mean=spec.mean, std=spec.std, patient_pattern=config.patient_pattern,
@@ -335,11 +394,9 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
                    reporter=reporter, workers=config.workers, dedupe=config.dedupe, strict=config.strict,
                    splits=config.splits)
     prep_s = time.perf_counter() - t0
+    writer.protect(r.path for r in data.records)
     trainer = Trainer(config, data, reporter)
     check_input_size(trainer.build_model().cpu(), config.image_size, data.preprocessing.channels, config.model)
-    write_split_csv(writer.path / "split.csv", data.records)
-    if data.skipped:  # quoted by the csv module: a path may hold commas, quotes or newlines
-        write_csv(writer.path / "skipped.csv", ["path", "reason"], data.skipped.items())
     info = {
         "format_version": FORMAT_VERSION,
         "medclassify_version": __version__,
@@ -353,9 +410,21 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
         "data": data.summary(),
         "audit": data.audit,
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()},
+        "interrupted": True,  # until the run is committed: a partial folder left behind is marked so
     }
+    if writer.resuming:
+        check_same_split(writer.path / "split.csv", data.records)
+        saved = read_json_object(writer.path / "run.json", "run description", "start the training again with --overwrite.")
+        info["created"] = saved.get("created", info["created"])
+        info["resumed"] = saved.get("resumed", []) + [{"after_epoch": writer.checkpointed_epoch,
+                                                       "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}]
+    else:
+        write_split_csv(writer.path / "split.csv", data.records)
+    if data.skipped:
+        write_csv(writer.path / "skipped.csv", ["path", "reason"], data.skipped.items())
     write_json(writer.path / "run.json", info)
     result = trainer.run(writer)
+    info.pop("interrupted")
     info.update({
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
@@ -371,3 +440,19 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
     result.val_metrics = run.metrics("val")
     result.run_dir = writer.commit()
     return result
+
+
+def check_same_split(path: Path, records) -> None:
+    """A resumed training must see the data the checkpoint was trained on: the preparation is
+    deterministic given the seed, so any difference means the dataset changed."""
+    fix = "restore the dataset as it was, or start the training again with --overwrite."
+    try:
+        saved = read_split_csv(path)
+    except (OSError, KeyError, ValueError) as e:
+        raise RunError(f"Cannot resume: {path} is unreadable ({type(e).__name__}).", fix) from None
+    now = [(r.path, r.label, r.split, r.patient) for r in records]
+    before = [(r.path, r.label, r.split, r.patient) for r in saved]
+    if now != before:
+        first = next((a for a, b in zip(now, before) if a != b), None) or (now[len(before):] or before[len(now):])[0]
+        raise RunError(f"Cannot resume: the dataset changed since the interrupted training ({len(before)} images in its "
+                       f"{path}, {len(now)} now; first difference: {first[0]}).", fix)
