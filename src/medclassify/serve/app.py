@@ -111,14 +111,15 @@ def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSe
     model = target if isinstance(target, ServedModel) else ServedModel(target, **model_kw)
     max_bytes = int(settings.max_upload_mb * 1e6)
     max_pixels = int(settings.max_megapixels * 1e6)
-    pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medclassify-serve")
+    pools: list[ThreadPoolExecutor] = []  # made on first use, so the app can be started again after a stop
     state = {"admitted": 0, "served": 0, "rejected_busy": 0}
     admission: dict[str, asyncio.Semaphore] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
+        while pools:
+            pools.pop().shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="medclassify", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Medical image classification (research use only, not a diagnosis). "
@@ -154,7 +155,9 @@ def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSe
             raise Rejected(503, "busy", "The server is at its request limit; try again in a moment.", {"Retry-After": "1"})
         async with sem:
             state["admitted"] += 1
-            fut = asyncio.wrap_future(pool.submit(fn))
+            if not pools:
+                pools.append(ThreadPoolExecutor(settings.workers, thread_name_prefix="medclassify-serve"))
+            fut = asyncio.wrap_future(pools[0].submit(fn))
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), settings.timeout_s)
             except asyncio.TimeoutError:
