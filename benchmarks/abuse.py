@@ -241,7 +241,7 @@ def chunked_upload(port: int, total: int, headers: str = "", wait_first: bool = 
             if wait_first or select.select([sock], [], [], 0)[0]:
                 break
         status, hdrs, body = read_response(sock)
-    except (ConnectionResetError, BrokenPipeError) as e:
+    except OSError as e:  # a reset, a broken pipe, or no answer in time
         reset = type(e).__name__
         try:
             status, hdrs, body = read_response(sock, 2)

@@ -15,14 +15,20 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: 
 from medclassify.serve.app import ServeSettings, create_app  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def api_schema(tiny_run):
-    app = create_app(tiny_run, ServeSettings(workers=1, queue=4, allowed_hosts=["testserver"]))
-    return schemathesis.openapi.from_asgi("/openapi.json", app)
+KEY = "schema-test-key"
+
+
+@pytest.fixture(scope="module", params=["open", "keyed"])
+def api_schema(tiny_run, request):
+    keyed = request.param == "keyed"
+    app = create_app(tiny_run, ServeSettings(workers=1, queue=4, allowed_hosts=["testserver"], api_key=KEY if keyed else None))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, **({"headers": {"X-API-Key": KEY}} if keyed else {}))
+    return schema, ({"X-API-Key": KEY} if keyed else None)
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_every_answer_is_declared(api_schema, mode):
+    api_schema, headers = api_schema
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/predict", "/v1/explain", "/v1/model", "/health"}
     calls = []
@@ -33,7 +39,7 @@ def test_every_answer_is_declared(api_schema, mode):
         def check(case):
             # Excluded: "schema-valid data is accepted". The schema says the file is any bytes; the
             # server accepts them only when they are an image (415/422 otherwise, both declared).
-            calls.append(case.call_and_validate(excluded_checks=[positive_data_acceptance]).status_code)
+            calls.append(case.call_and_validate(headers=headers, excluded_checks=[positive_data_acceptance]).status_code)
 
         try:
             check()

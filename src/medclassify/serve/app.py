@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 from urllib.parse import quote
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
+from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -188,8 +189,10 @@ def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSe
                 release_memory()
 
     upload_errors = _declared(400, 401, 413, 415, 422, 500, 503, 504)
+    # Declares the key in the schema; the Guard has already checked it by the time a route runs.
+    keyed = [Depends(APIKeyHeader(name="X-API-Key", auto_error=False))] if settings.api_key else []
 
-    @app.post("/v1/predict", openapi_extra=_UPLOAD_BODY, responses=upload_errors,
+    @app.post("/v1/predict", dependencies=keyed, openapi_extra=_UPLOAD_BODY, responses=upload_errors,
               summary="Classify one image (multipart field 'file'); with a cascade, also the path through its stages.")
     async def predict(request: Request):
         t0 = time.perf_counter()
@@ -206,7 +209,7 @@ def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSe
         ("X-Class-Encoded", "the class, RFC 8187 (UTF-8''percent-encoded)"), ("X-Class-Index", "the class's index"),
         ("X-Probability", "its probability"))}
 
-    @app.post("/v1/explain", response_class=Response, openapi_extra=_UPLOAD_BODY,
+    @app.post("/v1/explain", dependencies=keyed, response_class=Response, openapi_extra=_UPLOAD_BODY,
               responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
                                "headers": png_headers, "description": "Grad-CAM heatmap over the image"},
                          **_declared(400, 401, 413, 415, 422, 500, 501, 503, 504)},
@@ -222,7 +225,7 @@ def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSe
             raise Rejected(501, "explain_unavailable", "Heatmaps are not available in this medclassify version.") from None
         return Response(png, media_type="image/png", headers=class_headers(label, prob, model.classes.index(label)))
 
-    @app.get("/v1/model", responses=_declared(400, 401, 500), summary="Classes, metrics with confidence intervals, intended use.")
+    @app.get("/v1/model", dependencies=keyed, responses=_declared(400, 401, 500), summary="Classes, metrics with confidence intervals, intended use.")
     async def model_info():
         return model.info()
 
