@@ -172,6 +172,8 @@ def test_serving_a_cascade_reports_its_path(tiny_run, uploads, tmp_path, capsys)
         assert body["probability"] == pytest.approx(__import__("math").prod(s["probability"] for s in steps))
         info = c.get("/v1/model").json()
         assert info["kind"] == "cascade" and set(info["stages"]) == {"first", "second"}
+        heat = post(c, uploads["png"], path="/v1/explain")
+        assert heat.status_code == (200 if explain_available() else 501), heat.text
     bad = tmp_path / "bad.yaml"
     bad.write_text(spec.read_text().replace("{lesion: second}", "{tumour: second}"))
     assert main(["serve", str(bad)]) == 2

@@ -97,11 +97,13 @@ class Rejected(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
-def class_headers(label: str, prob: float, index: int) -> dict[str, str]:
+def class_headers(label: str, prob: float, classes: list[str]) -> dict[str, str]:
     """The heatmap's class in headers that survive any name: X-Class only when it is plain ASCII,
-    always X-Class-Encoded as an RFC 8187 value (UTF-8''percent-encoded) and X-Class-Index."""
-    out = {"X-Class-Encoded": "UTF-8''" + quote(label, safe=""), "X-Class-Index": str(index),
-           "X-Probability": f"{prob:.6f}"}
+    always X-Class-Encoded as an RFC 8187 value (UTF-8''percent-encoded), and X-Class-Index when the
+    class is one of the model card's (a cascade's last stage may use its own names)."""
+    out = {"X-Class-Encoded": "UTF-8''" + quote(label, safe=""), "X-Probability": f"{prob:.6f}"}
+    if label in classes:
+        out["X-Class-Index"] = str(classes.index(label))
     if label.isascii() and label.isprintable():
         out["X-Class"] = label
     return out
@@ -223,7 +225,7 @@ def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSe
             _upload, (png, label, prob) = await run_bounded(lambda: with_upload(data, name, lambda up: model.explain_png(up)))
         except ExplainUnavailable:
             raise Rejected(501, "explain_unavailable", "Heatmaps are not available in this medclassify version.") from None
-        return Response(png, media_type="image/png", headers=class_headers(label, prob, model.classes.index(label)))
+        return Response(png, media_type="image/png", headers=class_headers(label, prob, list(model.classes)))
 
     @app.get("/v1/model", dependencies=keyed, responses=_declared(400, 401, 500), summary="Classes, metrics with confidence intervals, intended use.")
     async def model_info():
