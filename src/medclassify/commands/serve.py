@@ -16,12 +16,12 @@ def serve(
     target: Path = typer.Argument(..., help="Run directory, or a cascade YAML."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs an API key."),
     port: int = typer.Option(8000, help="TCP port."),
-    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="File holding the key clients send as "
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", metavar="FILE", help="File holding the key clients send as "
                                                 "X-API-Key (or set $MEDCLASSIFY_API_KEY). With a key, only /health "
                                                 "answers without it."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="The key itself (visible to anyone running `ps`: "
                                           "prefer --api-key-file or $MEDCLASSIFY_API_KEY)."),
-    allowed_host: list[str] = typer.Option([], "--allowed-host", help="Host name clients may use besides the loopback "
+    allowed_host: list[str] = typer.Option([], "--allowed-host", metavar="NAME", help="Host name clients may use besides the loopback "
                                            "names and the --host address (repeatable; '*' for any). Anything else is "
                                            "answered 400 (DNS rebinding)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest accepted upload."),
