@@ -93,7 +93,12 @@ def _dicom(arr: np.ndarray, replace: tuple[str, str] | None = None) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     data = buf.getvalue()
-    return data.replace(placeholder.encode(), replace[1].encode(), 1) if placeholder else data
+    if not placeholder:
+        return data
+    head = {"WindowCenter": b"\x28\x00\x50\x10DS", "NumberOfFrames": b"\x28\x00\x08\x00IS"}[replace[0]]
+    size = len(placeholder).to_bytes(2, "little")  # explicit VR little endian: tag, VR, 2-byte length, value
+    assert len(replace[1]) == len(placeholder) and data.count(head + size + placeholder.encode()) == 1
+    return data.replace(head + size + placeholder.encode(), head + size + replace[1].encode())
 
 
 def _big_png(width: int, height: int) -> bytes:

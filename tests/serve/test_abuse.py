@@ -114,6 +114,10 @@ def test_odd_filenames_are_classified_under_a_safe_name(app, uploads, name):
         assert "/" not in shown and shown.strip(".") and len(shown) <= 120
 
 
+ELEMENT = {"WindowCenter": b"\x28\x00\x50\x10DS", "NumberOfFrames": b"\x28\x00\x08\x00IS",
+           "RescaleSlope": b"\x28\x00\x53\x10DS"}
+
+
 def bad_dicom(tag: str) -> bytes:
     """A DICOM whose `tag` holds text where a number belongs (pydicom will not write one, so a valid
     placeholder is written and its bytes replaced)."""
@@ -129,9 +133,10 @@ def bad_dicom(tag: str) -> bytes:
         ds.WindowWidth = "400"
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
+    element = ELEMENT[tag] + len(placeholder).to_bytes(2, "little") + placeholder.encode()  # explicit VR little endian
     data = buf.getvalue()
-    assert data.count(placeholder.encode()) == 1
-    return data.replace(placeholder.encode(), b"oops"[: len(placeholder)])
+    assert data.count(element) == 1
+    return data.replace(element, element[: -len(placeholder)] + b"oops"[: len(placeholder)])
 
 
 @pytest.mark.parametrize("tag", ["WindowCenter", "NumberOfFrames", "RescaleSlope"])
