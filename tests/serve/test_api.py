@@ -13,9 +13,14 @@ from medclassify.serve.app import ServeSettings, create_app, is_loopback  # noqa
 from medclassify.serve.service import explain_available  # noqa: E402
 
 
+def local(app) -> TestClient:
+    """A client that calls the app as a loopback browser would (Host: localhost)."""
+    return TestClient(app, base_url="http://localhost")
+
+
 @pytest.fixture(scope="module")
 def client(tiny_run):
-    with TestClient(create_app(tiny_run, ServeSettings(max_megapixels=50))) as c:
+    with local(create_app(tiny_run, ServeSettings(max_megapixels=50))) as c:
         yield c
 
 
@@ -69,17 +74,17 @@ def test_wrong_form_field_and_no_multipart(client, uploads):
     assert r.status_code == 422 and r.json()["error"]["code"] == "missing_file_field"
     assert "'file'" in r.json()["error"]["message"]
     r = client.post("/v1/predict", content=uploads["png"], headers={"content-type": "image/png"})
-    assert r.status_code == 422 and "error" in r.json()
+    assert r.status_code == 415 and r.json()["error"]["code"] == "not_multipart"
 
 
 def test_upload_size_cap(tiny_run, uploads):
-    with TestClient(create_app(tiny_run, ServeSettings(max_upload_mb=0.001))) as c:
+    with local(create_app(tiny_run, ServeSettings(max_upload_mb=0.001))) as c:
         r = post(c, uploads["bmp"])  # about 5 kB
         assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
 
 
 def test_api_key_is_required_when_set(tiny_run, uploads):
-    with TestClient(create_app(tiny_run, ServeSettings(api_key="s3cret"))) as c:
+    with local(create_app(tiny_run, ServeSettings(api_key="s3cret"))) as c:
         assert post(c, uploads["png"]).status_code == 401
         assert c.get("/v1/model").status_code == 401
         assert c.get("/health").status_code == 200
@@ -132,7 +137,7 @@ def test_concurrency_is_bounded_and_excess_requests_get_503(tiny_run, uploads):
     app = create_app(tiny_run, ServeSettings(workers=1, queue=0))
     _slow(app.state.model, 0.4)
     codes = []
-    with TestClient(app) as c:
+    with local(app) as c:
         def one():
             codes.append(post(c, uploads["png"]).status_code)
 
@@ -148,7 +153,7 @@ def test_concurrency_is_bounded_and_excess_requests_get_503(tiny_run, uploads):
 def test_request_timeout_answers_504(tiny_run, uploads):
     app = create_app(tiny_run, ServeSettings(timeout_s=0.2))
     _slow(app.state.model, 1.0)
-    with TestClient(app) as c:
+    with local(app) as c:
         r = post(c, uploads["png"])
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
         assert c.get("/health").status_code == 200
@@ -158,7 +163,7 @@ def test_serving_a_cascade_reports_its_path(tiny_run, uploads, tmp_path, capsys)
     spec = tmp_path / "cascade.yaml"
     spec.write_text(f"stages:\n  first:\n    run: {tiny_run}\n    route: {{lesion: second}}\n"
                     f"  second:\n    run: {tiny_run}\n")
-    with TestClient(create_app(spec)) as c:
+    with local(create_app(spec)) as c:
         body = post(c, uploads["png"]).json()
         steps = body["cascade_path"]
         assert steps[0]["stage"] == "first"
@@ -167,6 +172,8 @@ def test_serving_a_cascade_reports_its_path(tiny_run, uploads, tmp_path, capsys)
         assert body["probability"] == pytest.approx(__import__("math").prod(s["probability"] for s in steps))
         info = c.get("/v1/model").json()
         assert info["kind"] == "cascade" and set(info["stages"]) == {"first", "second"}
+        heat = post(c, uploads["png"], path="/v1/explain")
+        assert heat.status_code == (200 if explain_available() else 501), heat.text
     bad = tmp_path / "bad.yaml"
     bad.write_text(spec.read_text().replace("{lesion: second}", "{tumour: second}"))
     assert main(["serve", str(bad)]) == 2

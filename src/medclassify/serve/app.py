@@ -1,30 +1,36 @@
 """The FastAPI app: REST API (/v1/predict, /v1/explain, /v1/model, /health, /openapi.json) and the
 web page at /. Every bad request gets a 4xx JSON body {"error": {"status", "code", "message"}} and
-the server keeps serving; work runs in a bounded thread pool behind an admission semaphore, under a
+the server keeps serving (guard.py is the front door: host, key and body cap before any
+body is read, and the one exception boundary); work runs in a bounded thread pool behind an admission semaphore, under a
 per-request timeout."""
 
 import asyncio
 import contextlib
-import hmac
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
+from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, File, Request, UploadFile
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
+from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..data.images import UnreadableImage
+from ..data.formats import UnreadableImage
+from .guard import LOOPBACK_HOSTS, Guard, error_response
 from .service import ExplainUnavailable, ServedModel
-from .uploads import SUPPORTED, Upload, UploadRejected, check_upload
+from .uploads import SUPPORTED, Upload, UploadRejected, check_upload, parse_multipart, release_memory
 
 STATIC = Path(__file__).parent / "static"
 FORM_FIELD = "file"
+MULTIPART_SLACK = 64_000  # form boundaries and part headers on top of the file itself
+TRIM_AFTER_PIXELS = 4_000_000  # hand memory back after decoding anything this large
 
 
 @dataclass
@@ -36,10 +42,41 @@ class ServeSettings:
     queue: int = 32  # requests admitted to wait beyond those
     queue_wait_s: float = 10.0  # how long an admitted request may wait for a free worker slot
     api_key: Optional[str] = None
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides the loopback ones; "*": any
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "code": code, "message": message}}, status_code=status)
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: int
+    code: str
+    message: str
+    request_id: Optional[str] = None
+    bytes_read: Optional[int] = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+_MEANING = {400: "Bad request: Host not allowed, malformed form, empty file", 401: "API key missing or wrong",
+            413: "Upload over the size cap, or image over the pixel cap", 415: "Not multipart/form-data, or not a "
+            f"{SUPPORTED} image", 422: "Form field missing, or the image cannot be read", 500: "Unexpected server error "
+            "(with a request id)", 501: "Grad-CAM not available", 503: "At the request limit (see Retry-After)",
+            504: "The request took longer than the timeout"}
+
+
+def _declared(*codes: int) -> dict:
+    out = {}
+    for c in codes:
+        out[c] = {"model": ErrorBody, "description": _MEANING[c]}
+        if c == 503:
+            out[c]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+    return out
+
+
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": [FORM_FIELD],
+    "properties": {FORM_FIELD: {"type": "string", "format": "binary", "description": f"{SUPPORTED} image"}}}}}}}
 
 
 SPEC_ENV = "MEDCLASSIFY_SERVE_SPEC"
@@ -55,76 +92,91 @@ def app_from_environment() -> FastAPI:
     return create_app(spec["target"], ServeSettings(**spec["settings"]), **spec["model"])
 
 
+class Rejected(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: Optional[dict] = None):
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def class_headers(label: str, prob: float, classes: list[str]) -> dict[str, str]:
+    """The heatmap's class in headers that survive any name: X-Class only when it is plain ASCII,
+    always X-Class-Encoded as an RFC 8187 value (UTF-8''percent-encoded), and X-Class-Index when the
+    class is one of the model card's (a cascade's last stage may use its own names)."""
+    out = {"X-Class-Encoded": "UTF-8''" + quote(label, safe=""), "X-Probability": f"{prob:.6f}"}
+    if label in classes:
+        out["X-Class-Index"] = str(classes.index(label))
+    if label.isascii() and label.isprintable():
+        out["X-Class"] = label
+    return out
+
+
 def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSettings] = None, **model_kw) -> FastAPI:
     settings = settings or ServeSettings()
     model = target if isinstance(target, ServedModel) else ServedModel(target, **model_kw)
     max_bytes = int(settings.max_upload_mb * 1e6)
     max_pixels = int(settings.max_megapixels * 1e6)
-    pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medclassify-serve")
+    pools: list[ThreadPoolExecutor] = []  # made on first use, so the app can be started again after a stop
     state = {"admitted": 0, "served": 0, "rejected_busy": 0}
     admission: dict[str, asyncio.Semaphore] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
+        while pools:
+            pools.pop().shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="medclassify", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Medical image classification (research use only, not a diagnosis). "
-                              f"Upload a {SUPPORTED} image as multipart field '{FORM_FIELD}'.")
+                              f"Upload a {SUPPORTED} image as multipart field '{FORM_FIELD}'. Every error is JSON "
+                              "{\"error\": {\"status\", \"code\", \"message\"}}."
+                              + (" Every path but /health needs the X-API-Key header." if settings.api_key else ""))
     app.state.model = model
     app.state.settings = settings
 
-    class Rejected(Exception):
-        def __init__(self, status: int, code: str, message: str):
-            self.status, self.code, self.message = status, code, message
-
     @app.exception_handler(Rejected)
     async def _rejected(_req, exc: Rejected):
-        return _error(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req, exc: RequestValidationError):
-        missing = [e for e in exc.errors() if e.get("type") == "missing"]
-        if missing:
-            return _error(422, "missing_file_field",
-                          f"No file in form field '{FORM_FIELD}': send the image as multipart/form-data with the field name '{FORM_FIELD}'.")
-        first = exc.errors()[0]
-        return _error(422, "invalid_request", f"Invalid request: {first.get('msg')} at {'.'.join(map(str, first.get('loc', [])))}.")
+        first = exc.errors()[0] if exc.errors() else {}
+        return error_response(422, "invalid_request", f"Invalid request: {first.get('msg')} at "
+                                                      f"{'.'.join(map(str, first.get('loc', [])))}.")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req, exc: StarletteHTTPException):
-        return _error(exc.status_code, "http_error", str(exc.detail))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
-    app.add_middleware(_DeclaredSizeLimit, max_bytes=max_bytes + 64_000, limit_mb=settings.max_upload_mb)
-
-    async def require_key(request: Request) -> None:
-        if not settings.api_key:
-            return
-        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), settings.api_key.encode()):
-            raise Rejected(401, "api_key_required", "This server needs an API key: send it in the X-API-Key header.")
+    hosts = [*LOOPBACK_HOSTS, *settings.allowed_hosts]
+    app.add_middleware(Guard, max_body=max_bytes + MULTIPART_SLACK, limit_mb=settings.max_upload_mb,
+                       api_key=settings.api_key, allowed_hosts=hosts)
 
     async def run_bounded(fn: Callable[[], Any]) -> Any:
         sem = admission.setdefault("sem", asyncio.Semaphore(settings.workers + settings.queue))
         if sem.locked():
             state["rejected_busy"] += 1
-            raise Rejected(503, "busy", "The server is at its request limit; try again in a moment.")
+            raise Rejected(503, "busy", "The server is at its request limit; try again in a moment.", {"Retry-After": "1"})
         async with sem:
             state["admitted"] += 1
-            fut = asyncio.wrap_future(pool.submit(fn))
+            if not pools:
+                pools.append(ThreadPoolExecutor(settings.workers, thread_name_prefix="medclassify-serve"))
+            fut = asyncio.wrap_future(pools[0].submit(fn))
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), settings.timeout_s)
             except asyncio.TimeoutError:
-                raise Rejected(504, "timeout", f"The request took longer than {settings.timeout_s:.0f} s.") from None
+                raise Rejected(504, "timeout", f"The request took longer than {settings.timeout_s:g} s.") from None
             finally:
                 state["served"] += 1
 
-    async def read_upload(file: UploadFile) -> tuple[bytes, str]:
-        data = await file.read(max_bytes + 1)
-        return data, file.filename or "upload"
+    async def read_upload(request: Request) -> tuple[bytes, Optional[str]]:
+        body = await request.body()  # already read and capped by the Guard
+        try:
+            filename, data = parse_multipart(body, request.headers.get("content-type", ""), FORM_FIELD)
+        except UploadRejected as e:
+            raise Rejected(e.status, e.code, e.message) from None
+        return data, filename
 
-    def with_upload(data: bytes, name: str, work: Callable[[Upload], Any]) -> Any:
+    def with_upload(data: bytes, name: Optional[str], work: Callable[[Upload], Any]) -> Any:
         """Runs in a worker thread: validate the bytes, then work on them (nothing touches the disk)."""
         try:
             upload = check_upload(data, name, max_bytes, max_pixels)
@@ -133,39 +185,53 @@ def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSe
         try:
             return upload, work(upload)
         except UnreadableImage as e:
-            raise Rejected(422, "unreadable_image", f"{name}: {e.reason}.") from None
+            raise Rejected(422, "unreadable_image", f"{upload.filename}: {e.reason}.") from None
+        finally:
+            if upload.pixels >= TRIM_AFTER_PIXELS:
+                release_memory()
 
-    @app.post("/v1/predict", dependencies=[Depends(require_key)],
+    upload_errors = _declared(400, 401, 413, 415, 422, 500, 503, 504)
+    # Declares the key in the schema; the Guard has already checked it by the time a route runs.
+    keyed = [Depends(APIKeyHeader(name="X-API-Key", auto_error=False))] if settings.api_key else []
+
+    @app.post("/v1/predict", dependencies=keyed, openapi_extra=_UPLOAD_BODY, responses=upload_errors,
               summary="Classify one image (multipart field 'file'); with a cascade, also the path through its stages.")
-    async def predict(file: UploadFile = File(..., description=f"{SUPPORTED} image")):
+    async def predict(request: Request):
         t0 = time.perf_counter()
-        data, name = await read_upload(file)
+        data, name = await read_upload(request)
         upload, result = await run_bounded(lambda: with_upload(data, name, lambda up: _timed(model.predict, up)))
         body, compute_ms = result
         body.update({"model": {"version": model.version, "kind": model.kind},
-                     "image": {"filename": name, "format": upload.format, "width": upload.width, "height": upload.height},
+                     "image": {"filename": upload.filename, "format": upload.format, "width": upload.width,
+                               "height": upload.height},
                      "timing_ms": {"predict": round(compute_ms, 2), "total": round((time.perf_counter() - t0) * 1e3, 2)}})
         return body
 
-    @app.post("/v1/explain", dependencies=[Depends(require_key)], response_class=Response,
-              responses={200: {"content": {"image/png": {}}}, 501: {"description": "Grad-CAM not available"}},
+    png_headers = {h: {"schema": {"type": "string"}, "description": d} for h, d in (
+        ("X-Class-Encoded", "the class, RFC 8187 (UTF-8''percent-encoded)"), ("X-Class-Index", "the class's index"),
+        ("X-Probability", "its probability"))}
+
+    @app.post("/v1/explain", dependencies=keyed, response_class=Response, openapi_extra=_UPLOAD_BODY,
+              responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                               "headers": png_headers, "description": "Grad-CAM heatmap over the image"},
+                         **_declared(400, 401, 413, 415, 422, 500, 501, 503, 504)},
               summary="Grad-CAM heatmap of the predicted class over the image as the model sees it (PNG).")
-    async def explain(file: UploadFile = File(..., description=f"{SUPPORTED} image")):
+    async def explain(request: Request):
         if not model.can_explain:
             raise Rejected(501, "explain_unavailable",
                            "Heatmaps are not available in this medclassify version (the Grad-CAM module is not installed).")
-        data, name = await read_upload(file)
+        data, name = await read_upload(request)
         try:
             _upload, (png, label, prob) = await run_bounded(lambda: with_upload(data, name, lambda up: model.explain_png(up)))
         except ExplainUnavailable:
             raise Rejected(501, "explain_unavailable", "Heatmaps are not available in this medclassify version.") from None
-        return Response(png, media_type="image/png", headers={"X-Class": label, "X-Probability": f"{prob:.6f}"})
+        return Response(png, media_type="image/png", headers=class_headers(label, prob, list(model.classes)))
 
-    @app.get("/v1/model", dependencies=[Depends(require_key)], summary="Classes, metrics with confidence intervals, intended use.")
+    @app.get("/v1/model", dependencies=keyed, responses=_declared(400, 401, 500), summary="Classes, metrics with confidence intervals, intended use.")
     async def model_info():
         return model.info()
 
-    @app.get("/health", summary="Liveness and load.")
+    @app.get("/health", responses=_declared(400, 500), summary="Liveness and load (open without the API key).")
     async def health():
         return {"status": "ok", "version": model.version, "medclassify": __version__, **state}
 
@@ -175,24 +241,6 @@ def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSe
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-class _DeclaredSizeLimit:
-    """Answers 413 before reading a POST body whose declared length is over the limit. A plain ASGI
-    middleware: Starlette's BaseHTTPMiddleware costs a task group and two streams per request, a
-    measurable share of a small request's time on 2 cores."""
-
-    def __init__(self, app, max_bytes: int, limit_mb: float):
-        self.app, self.max_bytes, self.limit_mb = app, max_bytes, limit_mb
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.max_bytes:
-                response = _error(413, "file_too_large", f"The request is {int(length) / 1e6:.1f} MB; the upload limit is "
-                                  f"{self.limit_mb:.0f} MB.")
-                return await response(scope, receive, send)
-        return await self.app(scope, receive, send)
 
 
 def _timed(fn: Callable[[Path], dict], path: Path) -> tuple[dict, float]:

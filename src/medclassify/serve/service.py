@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.formats import UnreadableImage
 from ..inference.cascade import Cascade
 from ..inference.predictor import DEFAULT_ABSTAIN_BELOW, Predictor
 from .uploads import Upload
@@ -43,6 +44,22 @@ def _metric_summary(metrics: dict | None) -> dict | None:
     return out
 
 
+def decode_upload(predictor: Predictor, upload: Upload) -> np.ndarray:
+    """The upload as the model sees it. Whatever the decoder raises on these bytes (a DICOM tag that is
+    not a number, a codec error) is a fault of the file, so it becomes UnreadableImage (a 422)."""
+    try:
+        return predictor.load(upload.path, upload.data)
+    except (UnreadableImage, MemoryError):
+        raise
+    except Exception as e:
+        raise UnreadableImage(upload.filename, f"cannot decode ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _folder_name(root: str | None) -> str | None:
+    """The training data's folder name only: the model card must not disclose the server's paths."""
+    return Path(str(root).rstrip("/\\")).name or None if root else None
+
+
 class ServedModel:
     def __init__(self, target: str | Path, backend: str = "auto", abstain_below: float | None = DEFAULT_ABSTAIN_BELOW,
                  threads: int | None = None, tta: bool | None = None):
@@ -72,7 +89,7 @@ class ServedModel:
             base.update({"name": run.path.name, "model": run.model_name, "backend": self.predictor.backend,
                          "image_size": self.predictor.prep.image_size, "abstain_below": self.predictor.abstain_below,
                          "operating_point": self.predictor.operating_point,
-                         "trained_on": run.info.get("data", {}).get("root"), "created": run.info.get("created"),
+                         "trained_on": _folder_name(run.info.get("data", {}).get("root")), "created": run.info.get("created"),
                          "metrics": {s: _metric_summary(run.metrics(s)) for s in ("test", "val") if run.metrics(s)},
                          "intended_use": run.info.get("intended_use", INTENDED_USE)})
         else:
@@ -88,13 +105,20 @@ class ServedModel:
                 base["metrics"] = {"end_to_end": _metric_summary(json.loads(saved.read_text()))}
         return base
 
+    def _predict_one(self, predictor: Predictor, upload: Upload, decoded: dict):
+        key = (predictor.prep.image_size, predictor.prep.resize, predictor.prep.channels)
+        if key not in decoded:
+            decoded[key] = decode_upload(predictor, upload)
+        return predictor.wrap(str(upload.path), predictor.probabilities(decoded[key][None])[0])
+
     def predict(self, upload: Upload) -> dict[str, Any]:
         """Raises UnreadableImage when the decoder refuses the image."""
+        decoded: dict = {}  # one decode per preprocessing, shared by a cascade's stages
         if self.predictor is not None:
-            pred = self.predictor.predict_file(upload.path, upload.data)
+            pred = self._predict_one(self.predictor, upload, decoded)
             return {"label": pred.label, "probability": pred.probabilities[pred.label], "probabilities": pred.probabilities,
                     "abstain": pred.abstain, "cascade_path": None}
-        res = self.cascade.predict_file(upload.path, upload.data)
+        res = self.cascade._result(str(upload.path), lambda stage: self._predict_one(self.cascade.predictors[stage], upload, decoded))
         last = res.steps[-1]
         return {"label": res.label, "probability": res.probability, "probabilities": last.probabilities,
                 "abstain": res.abstain,
@@ -115,7 +139,7 @@ class ServedModel:
         if predictor is None:
             last = self.cascade.predict_file(upload.path, upload.data).steps[-1].stage
             predictor = self.cascade.predictors[last]
-        image = predictor.load(upload.path, upload.data)
+        image = decode_upload(predictor, upload)
         probs = predictor.probabilities(image[None])[0]
         target = int(np.argmax(probs))
         expl = GradCAM(predictor.model, predictor.prep).explain(image, target)
