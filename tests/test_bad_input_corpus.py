@@ -494,7 +494,7 @@ CASES: list[Case] = [
     C("cli-unknown-verb-inprocess", nothing, ["trian", "{t}/mydata"], {2}, parser=True, kind="cli-unknown-verb"),
     C("cli-strict-true", dataset(), ["train", "{t}/mydata", "--out", "{t}/out", "--strict", "true"], {2}, real=True, parser=True),
     C("cli-set-seed", dataset(), train("{t}/mydata", "{t}/out", "--set", "seed=1"), {0}, ["{t}/out"], real=True, parser=True),
-    C("cli-set-unknown-key", dataset(), train("{t}/mydata", "{t}/out", "--set", "nosuch=1"), {2}, real=True, parser=True),
+    C("cli-set-unknown-key", dataset(), train("{t}/mydata", "{t}/out", "--set", "nosuch=1"), {2}, ["{t}/out"], names=("nosuch",), real=True),
     C("cli-time-budget-no-unit", dataset(), train("{t}/mydata", "{t}/out", "--time-budget", "15"), {0, 2}, ["{t}/out"], real=True, parser=True),
     C("cli-predict-no-inputs", nothing, ["predict"], {2}, real=True, parser=True),
     C("cli-bootstrap-below-minimum", nothing, ["evaluate", "{run}", "--bootstrap", "5"], {2}, RUN_OUT, needs="run", real=True, parser=True),

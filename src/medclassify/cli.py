@@ -11,6 +11,7 @@ import typer
 
 from . import __version__
 from .errors import MedClassifyError
+from .reporting import printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and use medical image classifiers from a folder of labelled images.")
@@ -169,7 +170,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         with command.make_context("medclassify", args) as ctx:
             status = command.invoke(ctx)
     except MedClassifyError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(printable(f"error: {e}"), err=True)
         return 2
     except KeyboardInterrupt:
         typer.echo("interrupted (Ctrl-C)", err=True)
@@ -193,7 +194,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if e.filename is None:
             raise
         # A safety net: the library reports the paths it knows about as MedClassifyErrors first.
-        typer.echo(f"error: {e.filename}: {e.strerror or e}. Fix: check the path, its permissions and the free disk space.",
+        typer.echo(printable(f"error: {e.filename}: {e.strerror or e}. Fix: check the path, its permissions and the free disk space."),
                    err=True)
         return 2
     return status if isinstance(status, int) else 0

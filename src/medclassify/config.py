@@ -109,7 +109,7 @@ def parse_overrides(pairs: list[str], given: dict | None = None) -> dict:
         if not eq or not key:
             raise ConfigError(f"Cannot read --set {pair!r}.", "write it as KEY=VALUE, e.g. --set seed=1.")
         if key not in fields:
-            near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+            near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.7)
             fix = f"did you mean --set {near[0]}={value}?" if near else f"use one of: {', '.join(fields)}."
             raise ConfigError(f"Unknown setting {key!r} in --set {pair}.", fix)
         if key in out or (given and key in given):

@@ -140,7 +140,8 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    return write_bytes(path, text.encode("utf-8"))
+    # surrogateescape: a file name that is not valid UTF-8 is written back as its own bytes
+    return write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

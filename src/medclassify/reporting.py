@@ -27,6 +27,12 @@ class Task:
             self._progress.update(self._id, completed=completed, **fields)
 
 
+def printable(text: str) -> str:
+    """A file name that is not valid UTF-8 reaches Python as lone surrogates, which no terminal can
+    print: show those bytes as the replacement character instead of failing."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 class Reporter:
     def __init__(self, quiet: bool = False, console=None):
         self.quiet = quiet
@@ -39,7 +45,7 @@ class Reporter:
 
     def _print(self, text: str, style: str | None = None) -> None:
         if self.console is not None:
-            self.console.print(text, style=style, markup=False, soft_wrap=True)
+            self.console.print(printable(text), style=style, markup=False, soft_wrap=True)
 
     def info(self, text: str) -> None:
         self.messages.append(("info", text))

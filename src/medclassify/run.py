@@ -201,7 +201,7 @@ def write_split_csv(path: Path, records: list[Record]) -> None:
 def read_split_csv(path: Path) -> list[Record]:
     fix = "this command needs the run's image list: restore split.csv from a backup, or train the run again."
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             return [Record(row["path"], row["label"], row["split"] or None, row["patient"] or None) for row in csv.DictReader(f)]
     except FileNotFoundError:
         raise RunError(f"{path} is missing.", fix) from None

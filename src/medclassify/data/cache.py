@@ -39,9 +39,9 @@ def files_key(paths: Sequence[str], salt: str) -> str:
     for p in paths:
         try:
             st = os.stat(storage_path(p))
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
         except OSError:
-            h.update(f"{p}|missing\n".encode())
+            h.update(f"{p}|missing\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:20]
 
 

@@ -267,7 +267,7 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[str]:
             paths += sorted(files + list(skipped))
         elif p.is_file() and p.suffix.lower() in (".csv", ".txt"):
             paths += _list_file(p)
-        elif p.is_file():
+        elif p.is_file() or p.is_symlink():  # a dangling link or a loop gets its reason in the CSV
             paths.append(str(p))
         else:
             raise DataError(f"Input {p} does not exist.", "pass image files, folders of images or a CSV with a path column.")
