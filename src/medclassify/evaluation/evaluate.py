@@ -173,7 +173,7 @@ def add_operating_point(run: Run, metrics: dict, target_sensitivity: float | Non
     y, p = np.asarray(pr["labels"]), np.asarray(pr["probabilities"])[:, 1]
     test = operating_point(y, p, t)
     ci = bootstrap_ci(y, np.asarray(pr["probabilities"]), n_boot=n_boot, seed=seed, pred=(p >= t).astype(int))
-    test["ci"] = {m: list(ci[m]) for m in ("sensitivity", "specificity") if m in ci}
+    test["ci"] = {m: list(ci[m]) for m in ("sensitivity", "specificity", "ppv", "npv") if m in ci}
     target = ("sensitivity", target_sensitivity) if target_sensitivity is not None else ("specificity", target_specificity)
     metrics["operating_point"] = {"target": {target[0]: target[1]}, "chosen_on": "val", "threshold": t,
                                   "positive_class": run.classes[1], "val": operating_point(val[1], val_p, t),
