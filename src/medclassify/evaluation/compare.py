@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import RunError
 from ..reporting import Reporter
 from ..run import Run, load_run
+from .intervals import format_p
 
 LEADERBOARD = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity")
 
@@ -132,6 +133,11 @@ def compare_runs(runs: list[str | Path | Run], split: str = "test", reporter: Re
             "pairs": pairs}
 
 
+def _p_text(p) -> str:
+    text = format_p(p)
+    return text if text.startswith(("<", "n/a")) else f"= {text}"
+
+
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
@@ -156,8 +162,8 @@ def leaderboard_tables(result: dict):
             label = f" [{cls}]" if len(p["delong"]) > 1 else ""
             tests.add_row(p["a"] if k == 0 else "", p["b"] if k == 0 else "",
                           *(map(str, (mc["a_only"], mc["b_only"])) if k == 0 else ("", "")),
-                          f"{mc['p_value']:.4f}" if k == 0 else "", _fmt(d.get("auc_a")) + label, _fmt(d.get("auc_b")),
-                          "n/a" if d.get("p_value") is None else f"{d['p_value']:.4f}")
+                          format_p(mc["p_value"]) if k == 0 else "", _fmt(d.get("auc_a")) + label, _fmt(d.get("auc_b")),
+                          format_p(d.get("p_value")))
     return [board, tests]
 
 
@@ -171,9 +177,9 @@ def write_compare_html(result: dict, out: str | Path) -> Path:
         + "</tr>" for r in result["leaderboard"])
     pairs = "".join(
         f"<tr><td>{e(p['a'])}</td><td>{e(p['b'])}</td><td>{p['mcnemar']['a_only']}</td><td>{p['mcnemar']['b_only']}</td>"
-        f"<td>{p['mcnemar']['p_value']:.4f}</td><td>"
-        + "<br>".join(f"{e(c)}: {_fmt(d['auc_a'])} vs {_fmt(d['auc_b'])}, p = "
-                      + ("n/a" if d["p_value"] is None else f"{d['p_value']:.4f}") for c, d in p["delong"].items())
+        f"<td>{format_p(p['mcnemar']['p_value'])}</td><td>"
+        + "<br>".join(f"{e(c)}: {_fmt(d['auc_a'])} vs {_fmt(d['auc_b'])}, p "
+                      + _p_text(d["p_value"]) for c, d in p["delong"].items())
         + "</td></tr>" for p in result["pairs"])
     page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>medclassify comparison</title>
 <style>body{{font-family:system-ui,Arial,sans-serif;max-width:1100px;margin:auto;padding:1.5rem;color:#1d2733}}

@@ -14,10 +14,12 @@ from ..errors import ConfigError, DataError, RunError
 from ..inference.cached import predict_rows
 from ..reporting import Reporter
 from ..run import Run, load_run, write_json
+from .alarms import metric_warnings
 from .bootstrap import attach_cis, bootstrap_ci
 from .calibration import (expected_calibration_error, fit_temperature, reliability, run_temperature, save_temperature,
                           softmax)
 from .metrics import compute_metrics
+from .narrative import facts
 from .threshold import check_target, choose_threshold, operating_point
 
 
@@ -119,6 +121,7 @@ def calibrate(run: Run, reporter: Reporter | None = None) -> dict | None:
     if reason:
         (reporter or Reporter(quiet=True)).warn(f"Probabilities of run {run.path} are left uncalibrated: {reason}.")
         run.info.pop("calibration", None)
+        run.info["calibration_skipped"] = reason  # the report and evaluate say why, and print no temperature
         write_json(run.path / "run.json", run.info)
         return None
     logits, y = val
@@ -218,6 +221,8 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
     add_statistics(metrics, n_boot=n_boot, seed=seed, order=order_idx)
     if wants_threshold:
         add_operating_point(run, metrics, target_sensitivity, target_specificity, n_boot, seed)
+    metrics["warnings"] = metric_warnings(metrics)  # printed by the CLI after its tables, shown atop report.html
+    metrics["facts"] = facts(run.info, metrics)
     if save:
         run.save_metrics(name, metrics)
     return metrics
