@@ -125,4 +125,4 @@ def selection_sentence(f: dict) -> str:
 
 def console_lines(f: dict) -> list[str]:
     """What evaluate prints after its tables."""
-    return [split_sentence(f), tta_sentence(f), calibration_sentence(f), threshold_sentence(f)]
+    return [split_sentence(f), weights_sentence(f), tta_sentence(f), calibration_sentence(f), threshold_sentence(f)]

@@ -109,10 +109,11 @@ def operating_point_view(metrics: dict) -> dict | None:
     # a validation figure above the whole test interval: the threshold does not carry over
     worse = [{"name": k, "val": op["val"][k], "test": test[k], "ci": test["ci"][k]}
              for k in ("sensitivity", "specificity") if test.get("ci", {}).get(k) and op["val"][k] is not None
-             and op["val"][k] > test["ci"][k][1]]
+             and op["val"][k] > test["ci"][k][1] and metrics["split"] != "val"]
     return {"target_name": name, "target": target, "threshold": op["threshold"], "positive_class": op["positive_class"],
-            "rows": [row("validation (threshold chosen here)", op["val"]),
-                     row(f"{metrics['split']} (independent check)", test)],
+            "rows": ([row("validation (threshold chosen here, so not an independent check)", op["val"])]
+                     if metrics["split"] == "val" else
+                     [row("validation (threshold chosen here)", op["val"]), row(f"{metrics['split']} (independent check)", test)]),
             "worse": worse, "prevalence": sum(metrics["confusion_matrix"][1]) / max(metrics["n"], 1)}
 
 
