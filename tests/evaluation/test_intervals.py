@@ -24,6 +24,11 @@ def test_all_one_class_model_gets_intervals_that_are_not_certain():
     assert ci["specificity"][1] > 0 and ci["specificity"][0] == 0.0
     assert ci["accuracy"][1] - ci["accuracy"][0] > 0.25
     assert methods["sensitivity"] == methods["accuracy"] == "exact"
+    # every stratified resample of a one-class model has the same balanced accuracy and F1: never zero width
+    for name in ("balanced_accuracy", "macro_f1"):
+        assert name not in ci or ci[name][1] - ci[name][0] > 0.02, (name, ci.get(name), methods[name])
+    lo, hi = ci["balanced_accuracy"]
+    assert lo < 0.5 < hi and methods["balanced_accuracy"].startswith("exact")
     # the never-predicted class has no defined precision, so no interval either
     assert "precision/0" not in ci and "precision/1" in ci
 

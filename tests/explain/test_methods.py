@@ -62,8 +62,11 @@ def test_superpixels_are_connected_on_a_textured_image():
     yy, xx = np.mgrid[0:224, 0:224]
     img = (127 + 60 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + rng.normal(0, 25, (224, 224))).clip(0, 255)
     labels = slic(img.astype(np.uint8)[..., None], n_segments=50)
-    assert labels.max() + 1 >= 25
+    assert labels.max() + 1 >= 15
     assert components_per_segment(labels).max() == 1
+    # segments follow the texture, not a square grid (what too high a compactness gives on grey images)
+    rectangles = sum((labels == s).sum() == np.prod(np.ptp(np.argwhere(labels == s), 0) + 1) for s in range(labels.max() + 1))
+    assert rectangles < 0.2 * (labels.max() + 1)
 
 
 def test_flat_map_is_reported_not_drawn_as_a_silent_copy():

@@ -153,11 +153,41 @@ def confidence_intervals(y, probs, n_boot: int = 1000, seed: int = 0, level: flo
         ci[name], methods[name] = interval, "exact"
     estimate = {name: v[0] for name, v in metric_samples(y, probs, np.ones((1, len(y))), pred, order).items()}
     jack = jackknife_values(y, probs, pred, order)
+    unstratified = None
     for name, values in samples.items():
         if _is_proportion(name) or not np.isfinite(values).any():
             continue
         ci[name], methods[name] = bca_interval(values, float(estimate.get(name, np.nan)), jack.get(name), level)
+        if ci[name][1] - ci[name][0] > 1e-12:
+            continue
+        # Every stratified resample gave the same value (e.g. a model that predicts one class): the
+        # bootstrap says nothing about the uncertainty, so never report a zero-width interval.
+        if name == "balanced_accuracy":
+            ci[name], methods[name] = _balanced_accuracy_exact(cm, level), "exact (Bonferroni over classes)"
+            continue
+        if unstratified is None:
+            rng = np.random.default_rng(seed + 1)
+            unstratified = metric_samples(y, probs, rng.multinomial(len(y), np.full(len(y), 1 / len(y)), n_boot).astype(
+                np.float64), pred, order)
+        values = unstratified.get(name, np.array([np.nan]))
+        values = values[np.isfinite(values)]
+        lo, hi = np.quantile(values, [alpha, 1 - alpha]) if values.size else (np.nan, np.nan)
+        if values.size and hi - lo > 1e-12:
+            ci[name], methods[name] = (float(lo), float(hi)), "percentile (unstratified)"
+        else:
+            del ci[name]
+            methods[name] = "not estimable"
     return ci, methods
+
+
+def _balanced_accuracy_exact(cm: np.ndarray, level: float) -> tuple[float, float]:
+    """Mean of the classes' exact recall intervals, each at level 1 - (1 - level) / k (Bonferroni):
+    covers the balanced accuracy with at least `level` probability, whatever the model predicts."""
+    from .intervals import proportion_ci
+
+    rows = [c for c in range(cm.shape[0]) if cm[c].sum() > 0]
+    per_class = [proportion_ci(cm[c, c], cm[c].sum(), 1 - (1 - level) / len(rows)) for c in rows]
+    return float(np.mean([lo for lo, _ in per_class])), float(np.mean([hi for _, hi in per_class]))
 
 
 def bootstrap_ci(y, probs, n_boot: int = 1000, seed: int = 0, level: float = 0.95, pred=None,
@@ -172,6 +202,10 @@ def describe_methods(methods: dict[str, str], n_boot: int, seed: int) -> str:
             f"stratified bootstrap BCa ({n_boot} resamples, seed {seed}) for AUC, F1, balanced accuracy and kappa")
     if fallback:
         text += f" (percentile where BCa is undefined: {', '.join(fallback)})"
+    other = sorted(f"{name}: {m}" for name, m in methods.items()
+                   if m not in ("exact", "BCa", "percentile") and "/" not in name)
+    if other:
+        text += f"; where every resample gave the same value, {'; '.join(other)}"
     return text + "; 95%"
 
 

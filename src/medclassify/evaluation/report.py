@@ -64,6 +64,8 @@ def _metric_rows(metrics: dict, pos: str, neg: str) -> list[list]:
             value, text = pages.num(metrics[k]), pages.interval(ci, percent=False)
         else:
             value, text = pages.pct(metrics[k]), pages.interval(ci)
+        if not text and metrics.get("ci_methods", {}).get(k) == "not estimable":
+            text = "not estimable (every resample gave the same value)"
         rows.append([NAMES[k], value, text, _explain(k, pos, neg)])
     return rows
 

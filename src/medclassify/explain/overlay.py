@@ -121,10 +121,11 @@ def explanation_figure(source, image: np.ndarray, expl: Explanation | None, clas
     target_w = width_px or min(2 * w + 160, 2 * max_side)
     panel_w = (target_w - (90 if panels == 2 else 0)) / panels
     scale = panel_w / w
-    fig = _figure(target_w / dpi, (h * scale + 70) / dpi, dpi)
+    small = target_w < 700
+    fig = _figure(target_w / dpi, (h * scale + (60 if small else 80)) / dpi, dpi)
     axes = fig.subplots(1, panels, squeeze=False)[0]
     axes[0].imshow(rgb, interpolation="antialiased")
-    axes[0].set_title("image" if expl is None else "original", fontsize=11)
+    axes[0].set_title("image" if expl is None else "original", fontsize=9 if small else 11)
     if expl is not None:
         mode = getattr(prep, "resize", "pad") if prep is not None else "pad"
         ax = axes[1]
@@ -141,7 +142,9 @@ def explanation_figure(source, image: np.ndarray, expl: Explanation | None, clas
             ax.text(0.5, 0.5, f"no localised evidence\nfor {classes[expl.target]}\nin this image", ha="center",
                     va="center", transform=ax.transAxes, fontsize=12, color="white",
                     bbox={"facecolor": "black", "alpha": 0.6, "boxstyle": "round"})
-        ax.set_title(title_of(expl, classes), fontsize=11)
+        method, _, claim = title_of(expl, classes).partition(": ")
+        ax.set_title(method, fontsize=9 if small else 11)
+        fig.suptitle(claim[:1].upper() + claim[1:], fontsize=10 if small else 13)
     for ax in axes:
         ax.set_axis_off()
     return _png(fig)
