@@ -68,6 +68,8 @@ def test_compare_two_runs_on_the_same_test_set(tiny_run, tmp_path):
     assert 'alt="ROC curves of the compared runs" src="data:image/png;base64,' in page
     assert "p = 0.0000" not in page
     assert "configured identically" in page  # a plain copy differs in nothing
+    # each run's warnings (the tiny test split is always too small) are repeated atop the comparison
+    assert result["leaderboard"][0]["warnings"] and 'id="warnings"' in page.split('id="leaderboard"')[0]
 
 
 def test_compare_page_lists_configuration_differences(tiny_run, tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import RunError
 from ..reporting import Reporter
 from ..run import Run, load_run
+from .alarms import metric_warnings
 from .intervals import format_p
 
 LEADERBOARD = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity")
@@ -118,7 +119,8 @@ def compare_runs(runs: list[str | Path | Run], split: str = "test", reporter: Re
                for r in loaded]
     y, probs = _aligned(metrics, names)
     board = [{"run": name, "model": r.model_name, "n": m["n"], **{k: m.get(k) for k in LEADERBOARD},
-              "ci": m.get("ci", {})} for name, r, m in zip(names, loaded, metrics)]
+              "ci": m.get("ci", {}), "warnings": m.get("warnings", metric_warnings(m))}
+             for name, r, m in zip(names, loaded, metrics)]
     order = sorted(range(len(board)), key=lambda i: -(board[i]["balanced_accuracy"] or 0))
     pairs = []
     for i, j in itertools.combinations(order, 2):
@@ -234,8 +236,9 @@ def write_compare_html(result: dict, out: str | Path) -> Path:
                  for p in result["pairs"]]
     runs = [r["run"] for r in result["leaderboard"]]
     differences = result.get("differences") or []
+    warnings = [f"{r['run']}: {w['message']}" for r in result["leaderboard"] for w in r.get("warnings", [])]
     page = pages.render(
-        "compare.html", title=f"Comparison on the {result['split']} split ({result['n']} images)",
+        "compare.html", warnings=warnings, title=f"Comparison on the {result['split']} split ({result['n']} images)",
         subtitle=f"{len(runs)} runs: {', '.join(runs)}", board_headers=["Run", "Model"] + [HEADERS[k] for k in keys],
         board_rows=board_rows, pair_rows=pair_rows, n=result["n"],
         roc=roc_overlay(result) if result.get("scores") else None, runs=runs, differences=differences,
