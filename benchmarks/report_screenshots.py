@@ -114,6 +114,16 @@ def main() -> int:
         assert cli(["explain", str(run), str(xray), "--method", method, "--out", str(out), "-q", *extra]) == 0
         explained[method] = str(out.relative_to(ROOT))
 
+    # the same on an original-resolution X-ray (a training image of the full dataset, only looked at)
+    fullres = DATA.parent / "chest_xray_fullres_sample" / "PNEUMONIA"
+    if fullres.is_dir():
+        big = sorted(fullres.iterdir())[0]
+        for method in ("gradcam", "lime"):
+            out = dest / f"explain-{method}-fullres.png"
+            extra = ["--samples", "300"] if method == "lime" else []
+            assert cli(["explain", str(run), str(big), "--method", method, "--out", str(out), "-q", *extra]) == 0
+            explained[f"{method}-fullres"] = str(out.relative_to(ROOT))
+
     # superpixels on real X-rays at the model's size and at 224 px
     predictor = Predictor(load_run(run))
     pieces = []

@@ -122,10 +122,11 @@ def explanation_figure(source, image: np.ndarray, expl: Explanation | None, clas
     panel_w = (target_w - (90 if panels == 2 else 0)) / panels
     scale = panel_w / w
     small = target_w < 700
-    fig = _figure(target_w / dpi, (h * scale + (60 if small else 80)) / dpi, dpi)
+    font = 9 if small else max(11, round(target_w / 140))  # legible when the figure is shown scaled to a screen
+    fig = _figure(target_w / dpi, (h * scale + 5 * font + 20) / dpi, dpi)
     axes = fig.subplots(1, panels, squeeze=False)[0]
     axes[0].imshow(rgb, interpolation="antialiased")
-    axes[0].set_title("image" if expl is None else "original", fontsize=9 if small else 11)
+    axes[0].set_title("image" if expl is None else "original", fontsize=font)
     if expl is not None:
         mode = getattr(prep, "resize", "pad") if prep is not None else "pad"
         ax = axes[1]
@@ -137,14 +138,15 @@ def explanation_figure(source, image: np.ndarray, expl: Explanation | None, clas
             bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
             bar.solids.set_alpha(1)
             bar.set_ticks([0, 0.5, 1], labels=["weak", "", "strong"])
-            bar.set_label("evidence", fontsize=9)
+            bar.set_label("evidence", fontsize=font)
+            bar.ax.tick_params(labelsize=font)
         elif expl.flat:
             ax.text(0.5, 0.5, f"no localised evidence\nfor {classes[expl.target]}\nin this image", ha="center",
-                    va="center", transform=ax.transAxes, fontsize=12, color="white",
+                    va="center", transform=ax.transAxes, fontsize=font + 2, color="white",
                     bbox={"facecolor": "black", "alpha": 0.6, "boxstyle": "round"})
         method, _, claim = title_of(expl, classes).partition(": ")
-        ax.set_title(method, fontsize=9 if small else 11)
-        fig.suptitle(claim[:1].upper() + claim[1:], fontsize=10 if small else 13)
+        ax.set_title(method, fontsize=font)
+        fig.suptitle(claim[:1].upper() + claim[1:], fontsize=font + 2)
     for ax in axes:
         ax.set_axis_off()
     return _png(fig)
