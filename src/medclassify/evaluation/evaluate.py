@@ -15,7 +15,8 @@ from ..inference.cached import predict_rows
 from ..reporting import Reporter
 from ..run import Run, load_run, write_json
 from .alarms import metric_warnings
-from .bootstrap import attach_cis, bootstrap_ci
+from .bootstrap import attach_cis
+from .intervals import proportion_cis
 from .calibration import (expected_calibration_error, fit_temperature, reliability, run_temperature, save_temperature,
                           softmax)
 from .metrics import compute_metrics
@@ -175,11 +176,13 @@ def add_operating_point(run: Run, metrics: dict, target_sensitivity: float | Non
     pr = metrics["predictions"]
     y, p = np.asarray(pr["labels"]), np.asarray(pr["probabilities"])[:, 1]
     test = operating_point(y, p, t)
-    ci = bootstrap_ci(y, np.asarray(pr["probabilities"]), n_boot=n_boot, seed=seed, pred=(p >= t).astype(int))
-    test["ci"] = {m: list(ci[m]) for m in ("sensitivity", "specificity", "ppv", "npv") if m in ci}
+    val_fig = operating_point(val[1], val_p, t)
+    for fig in (test, val_fig):  # exact intervals from the counts at this threshold
+        ci = proportion_cis(np.array([[fig["tn"], fig["fp"]], [fig["fn"], fig["tp"]]]))
+        fig["ci"] = {m: list(ci[m]) for m in ("sensitivity", "specificity", "ppv", "npv") if m in ci}
     target = ("sensitivity", target_sensitivity) if target_sensitivity is not None else ("specificity", target_specificity)
     metrics["operating_point"] = {"target": {target[0]: target[1]}, "chosen_on": "val", "threshold": t,
-                                  "positive_class": run.classes[1], "val": operating_point(val[1], val_p, t),
+                                  "positive_class": run.classes[1], "val": val_fig,
                                   metrics["split"]: test}
     run.info["operating_point"] = {"threshold": t, "target": {target[0]: target[1]}, "positive_class": run.classes[1]}
     write_json(run.path / "run.json", run.info)
