@@ -7,13 +7,15 @@
    centre. Target: >= 90% of test images.
 2. Model randomisation (Adebayo et al. 2018): re-initialise every weight and recompute the maps; the
    Spearman rank correlation between trained and randomised maps must be <= 0.5 (mean over images).
-Grad-CAM++ is measured the same way for information (the target is Grad-CAM's). Writes benchmarks/results/gradcam_sanity.json."""
+3. Flat maps: the share of test images (lesion and normal) whose map for their predicted class is
+   flat, which explain reports as "no localised evidence for CLASS in this image" (reported, no target).
+Grad-CAM++ is measured the same way for information (the target is Grad-CAM's). Writes
+benchmarks/results/gradcam_sanity.json (or --out)."""
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
 import time
@@ -70,6 +72,7 @@ def main() -> int:
     ap.add_argument("--per-class", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gradcam_sanity.json")
     args = ap.parse_args()
 
     import torch
@@ -78,7 +81,9 @@ def main() -> int:
     from medclassify.evaluation.evaluate import evaluate
     from medclassify.explain import GradCAM, GradCAMPlusPlus
     from medclassify.inference.predictor import Predictor
+    from medclassify.io import write_json
     from medclassify.reporting import Reporter
+    from medclassify.run import load_run
     from medclassify.training.fit import train
 
     torch.manual_seed(args.seed)
@@ -107,6 +112,9 @@ def main() -> int:
             top = heat >= np.quantile(heat, 0.8)
             inside.append(bool(top[min(int(round(cy)), args.size - 1), min(int(round(cx)), args.size - 1)]))
             corr.append(spearman(heat, rand.explain(image, lesion).heatmap))
+        flat = []
+        for path in (r.path for r in load_run(work / "run").records("test")):
+            flat.append(trained.explain(predictor.load(path)).flat)
         hit_rate = float(np.mean(inside))
         mean_corr = float(np.mean(corr))
         ok = hit_rate >= 0.9 and mean_corr <= 0.5
@@ -115,15 +123,15 @@ def main() -> int:
         result["methods"][cls.name] = {"blob_in_top20_rate": hit_rate, "spearman_trained_vs_random_mean": mean_corr,
                                        "spearman_median": float(np.median(corr)),
                                        "spearman_abs_mean": float(np.mean(np.abs(corr))),
-                                       "share_of_images_at_most_0.5": float(np.mean(np.asarray(corr) <= 0.5)), "passed": ok}
+                                       "share_of_images_at_most_0.5": float(np.mean(np.asarray(corr) <= 0.5)),
+                                       "flat_map_share": float(np.mean(flat)), "test_images": len(flat), "passed": ok}
         print(f"{cls.name:10s} blob centre in top-20% area: {hit_rate:.1%} (target >= 90%); Spearman trained vs "
               f"randomised: mean {mean_corr:.3f}, median {np.median(corr):.3f}, mean |r| {np.mean(np.abs(corr)):.3f} "
-              f"(target <= 0.5) -> {'PASS' if ok else 'FAIL'}")
+              f"(target <= 0.5) -> {'PASS' if ok else 'FAIL'}; flat maps (predicted class): {np.mean(flat):.1%} "
+              f"of {len(flat)} test images")
     print(f"seed_cnn at {args.size} px, test accuracy {test['accuracy']:.3f}, trained in {train_s:.0f} s")
     result["passed"] = passed
-    out = ROOT / "benchmarks" / "results" / "gradcam_sanity.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     return 0 if passed else 1
 
 

@@ -64,6 +64,28 @@ def test_compare_two_runs_on_the_same_test_set(tiny_run, tmp_path):
     assert "accuracy" in result["leaderboard"][0]["ci"]
     page = write_compare_html(result, tmp_path / "cmp.html").read_text()
     assert "McNemar" in page and tiny_run.name in page
+    assert "<th>Balanced accuracy</th>" in page and "balanced_accuracy" not in page  # readable headers
+    assert 'alt="ROC curves of the compared runs" src="data:image/png;base64,' in page
+    assert "p = 0.0000" not in page
+    assert "configured identically" in page  # a plain copy differs in nothing
+    # each run's warnings (the tiny test split is always too small) are repeated atop the comparison
+    assert result["leaderboard"][0]["warnings"] and 'id="warnings"' in page.split('id="leaderboard"')[0]
+
+
+def test_compare_page_lists_configuration_differences(tiny_run, tmp_path):
+    import json
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    info = json.loads((other / "run.json").read_text())
+    info["config"]["lr"] = 0.123
+    info["config"]["weights"] = "/w/start.safetensors"
+    (other / "run.json").write_text(json.dumps(info))
+    result = compare_runs([tiny_run, other])
+    rows = {row[0]: row[1:] for row in result["differences"]}
+    assert rows["lr"][1] == "0.123" and rows["start weights"][1] == "file start.safetensors"
+    page = write_compare_html(result, tmp_path / "cmp.html").read_text()
+    assert 'id="differences"' in page and "file start.safetensors" in page
 
 
 def test_compare_refuses_runs_on_different_test_images(tiny_run, tmp_path):

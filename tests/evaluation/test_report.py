@@ -37,7 +37,7 @@ def test_report_is_self_contained_and_complete(report):
     metrics = json.loads((run / "metrics" / "test.json").read_text())
     errors = int((np.asarray(metrics["predictions"]["probabilities"]).argmax(1)
                   != np.asarray(metrics["predictions"]["labels"])).sum())
-    assert page.count("<figure>") == min(8, errors)
+    assert page.count('alt="misclassified image"') == min(8, errors)
     assert f"{100 * metrics['ci']['accuracy'][0]:.1f}%" in page
 
 
@@ -74,7 +74,15 @@ def test_report_renders_in_headless_chromium_without_console_errors(report, tmp_
 
 
 def test_threshold_that_does_not_carry_over_is_flagged():
-    from medclassify.evaluation.report import _operating_point
+    from medclassify import pages
+    from medclassify.evaluation.report import operating_point_view
+
+    def _operating_point(metrics):
+        view = operating_point_view(metrics)
+        return pages.environment().from_string(
+            '{% import "macros.html" as m %}{% if op.worse %}does not carry over: {% for w in op.worse %}'
+            '{{ w.name }} {{ w.val | pct }} on validation but {{ w.test | pct }}{% endfor %}{% endif %} '
+            '{{ op.prevalence | pct }} of these test images are {{ op.positive_class }}').render(op=view)
 
     def op(val_spec, test_spec, ci):
         test = {"threshold": 0.6, "sensitivity": 0.97, "specificity": test_spec, "ppv": 0.7, "npv": 0.9,

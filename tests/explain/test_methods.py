@@ -6,7 +6,7 @@ import torch.nn as nn
 from medclassify.data.preprocessing import Preprocessing
 from medclassify.errors import ConfigError
 from medclassify.explain import METHODS, Activations, Lime, Occlusion, get_method
-from medclassify.explain.overlay import render
+from medclassify.explain.overlay import render_png
 from medclassify.explain.superpixels import slic
 from medclassify.models import create_model
 
@@ -55,13 +55,72 @@ def test_superpixels_cover_the_image_and_follow_edges():
         assert side.min() == side.max()
 
 
+def test_superpixels_are_connected_on_a_textured_image():
+    from medclassify.explain.superpixels import components_per_segment
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:224, 0:224]
+    img = (127 + 60 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + rng.normal(0, 25, (224, 224))).clip(0, 255)
+    labels = slic(img.astype(np.uint8)[..., None], n_segments=50)
+    assert labels.max() + 1 >= 15
+    assert components_per_segment(labels).max() == 1
+    # segments follow the texture, not a square grid (what too high a compactness gives on grey images)
+    rectangles = sum((labels == s).sum() == np.prod(np.ptp(np.argwhere(labels == s), 0) + 1) for s in range(labels.max() + 1))
+    assert rectangles < 0.2 * (labels.max() + 1)
+
+
+def test_flat_map_is_reported_not_drawn_as_a_silent_copy():
+    from io import BytesIO
+
+    from PIL import Image
+
+    from medclassify.explain.base import Explanation
+
+    img = _bright_image()
+    expl = Explanation("gradcam", img, 1, np.array([0.3, 0.7]), np.zeros((48, 48), np.float32))
+    assert expl.flat and expl.message(["normal", "lesion"]) == "no localised evidence for lesion in this image"
+    busy = Explanation("gradcam", img, 1, np.array([0.3, 0.7]), np.linspace(0, 1, 48 * 48, dtype=np.float32).reshape(48, 48))
+    assert not busy.flat and busy.message(["normal", "lesion"]) is None
+    png = np.asarray(Image.open(BytesIO(render_png(expl, ["normal", "lesion"], source=img))).convert("RGB"))
+    left, right = png[:, : png.shape[1] // 2], png[:, png.shape[1] // 2 :]
+    assert not np.array_equal(left, right[:, : left.shape[1]])  # the message is drawn over the right panel
+
+
+def test_overlay_is_drawn_on_the_original_at_its_resolution(tmp_path):
+    from io import BytesIO
+
+    from PIL import Image
+
+    from medclassify.explain.base import Explanation
+    from medclassify.explain.overlay import heatmap_on_original, overlay_on_original
+
+    original = np.zeros((300, 200), np.uint8)
+    Image.fromarray(original).save(tmp_path / "tall.png")
+    heat = np.zeros((48, 48), np.float32)
+    heat[:, 24:] = 1.0  # right half of the padded square (pad: the image occupies columns 8..39)
+    up = heatmap_on_original(heat, (300, 200), "pad")
+    assert up.shape == (300, 200) and up[:, :90].max() < 0.1 and up[:, 110:].min() > 0.9
+    expl = Explanation("gradcam", np.zeros((48, 48, 1), np.uint8), 1, np.array([0.2, 0.8]), heat)
+    assert overlay_on_original(tmp_path / "tall.png", expl).shape == (300, 200, 3)
+    fig = Image.open(BytesIO(render_png(expl, ["a", "b"], source=tmp_path / "tall.png")))
+    assert fig.size[0] >= 400  # two panels at the original's 200 px width, plus the colour bar
+
+
 def test_activations_show_each_block():
     model = create_model("seed_cnn", 2, in_chans=1).eval()
     expl = Activations(model, PREP, maps_per_block=8).explain(_bright_image())
     assert len(expl.panels) == 5  # five conv blocks
-    assert "32 maps" in expl.panels[0][0]
-    picture = render(expl, ["a", "b"])
-    assert picture.ndim == 3 and picture.shape[2] == 3
+    assert expl.panels[0][0].startswith("Stage 1 of 5: 32 maps")
+    assert expl.panels[-1][0].startswith("Stage 5 of 5")
+    from io import BytesIO
+
+    from PIL import Image
+
+    picture = np.asarray(Image.open(BytesIO(render_png(expl, ["a", "b"]))).convert("RGB"))
+    assert picture.ndim == 3 and picture.shape[0] > 200
+    # no bright painted separators: the background between tiles is the figure's white, never viridis yellow
+    yellow = (picture[..., 0] > 230) & (picture[..., 1] > 210) & (picture[..., 2] < 80)
+    assert yellow.mean() < 0.05
 
 
 def test_registry_and_unknown_method():

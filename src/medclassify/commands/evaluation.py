@@ -29,6 +29,7 @@ def evaluate(
     """Evaluate a run on its test split (or another split or folder) with 95% CIs and calibration;
     saves metrics/<split>.json in the run."""
     from ..evaluation.evaluate import evaluate as run_eval
+    from ..evaluation.narrative import console_lines
     from ..evaluation.tables import metrics_table
 
     reporter = _reporter(quiet)
@@ -37,12 +38,10 @@ def evaluate(
     metrics = run_eval(run, split=split, data=data, reporter=reporter, target_sensitivity=target_sensitivity,
                        target_specificity=target_specificity, ordinal=ordinal, order=order, n_boot=bootstrap, seed=seed)
     _print(*metrics_table(metrics, f"{metrics['split']} ({metrics['n']} images)"))
-    if metrics.get("tta"):
-        typer.echo("Test-time augmentation: each image averaged with its mirror (it raised validation balanced accuracy; "
-                   "predict and serve do the same).")
-    if "ece_uncalibrated" in metrics:
-        typer.echo(f"Calibration: temperature {metrics['temperature']:.3f} (fitted on validation, used by predict); "
-                   f"ECE {metrics['ece_uncalibrated']:.4f} before, {metrics['ece']:.4f} after.")
+    for line in console_lines(metrics["facts"]):
+        typer.echo(line)
+    for w in metrics["warnings"]:
+        typer.secho(f"warning: {w['message']}", fg="yellow", bold=True)
     typer.echo(f"Metrics saved to {Path(run) / 'metrics' / (metrics['split'] + '.json')}")
 
 
@@ -74,13 +73,20 @@ def explain(
 ):
     """Show what the model looked at: a heatmap over the image (or feature-map grids for activations)."""
     from ..explain import get_method
-    from ..explain.batch import explain_files
+    from ..explain.batch import explain_files_detailed
 
     cls = get_method(method)
     options = {"samples": samples} if cls.name == "lime" else {}
-    written = explain_files(run, image, method, out=out, target=target, layer=layer, reporter=_reporter(quiet), **options)
+    records = explain_files_detailed(run, image, method, out=out, target=target, layer=layer, reporter=_reporter(quiet),
+                                     **options)
+    written = [r["out"] for r in records]
+    flat = [r for r in records if r["flat"]]
     typer.echo(f"{len(written)} explanation(s) written" + (f" to {written[0]}" if len(written) == 1 else
                                                           f" to {written[0].parent}" if written else ""))
+    if len(records) == 1 and flat:
+        typer.echo(f"{flat[0]['message'].capitalize()} ({cls.name} map is flat).")
+    elif flat:
+        typer.echo(f"{len(flat)} of them show no localised evidence (flat {cls.name} map), e.g. {Path(flat[0]['image']).name}.")
 
 
 @app.command()

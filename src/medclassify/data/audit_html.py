@@ -1,27 +1,20 @@
 """audit.html: the console summary, the tables, and each offending group's images side by side
-(thumbnails embedded as base64 PNG, so the page is one self-contained file)."""
+(thumbnails embedded as data URIs, so the page is one self-contained file). Layout:
+templates/audit.html in the shared HTML kit (medclassify.pages)."""
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 from pathlib import Path
 
 from PIL import Image
 
-from .cache import write_text_atomic
+from .. import pages
+from ..io import write_text
 from .images import decode
 
 THUMB_SIDE = 128
 GROUPS_SHOWN = 60  # per section; audit.json lists more
-
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}
-.bad{color:#b00020;font-weight:bold}table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
-.group{display:flex;gap:8px;flex-wrap:wrap;margin:10px 0;padding:8px;border:1px solid #eee;border-radius:6px}
-figure{margin:0;width:140px;font-size:11px;word-break:break-all}figure img{width:128px;height:128px;object-fit:contain;background:#000}
-.train{border-top:4px solid #2e7d32}.val{border-top:4px solid #f9a825}.test{border-top:4px solid #c62828}"""
 
 
 def thumbnail_data_uri(path: str, side: int = THUMB_SIDE) -> str | None:
@@ -33,54 +26,35 @@ def thumbnail_data_uri(path: str, side: int = THUMB_SIDE) -> str | None:
     img.thumbnail((side, side))
     buf = io.BytesIO()
     img.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return pages.data_uri(buf.getvalue())
 
 
-def _group_html(group: dict) -> str:
-    figs = []
-    for m in group["members"]:
-        uri = thumbnail_data_uri(m["path"])
-        img = f'<img src="{uri}" alt="">' if uri else "<div>(unreadable)</div>"
-        caption = f'{html.escape(str(m["split"]))} / {html.escape(str(m["label"]))}<br>{html.escape(Path(m["path"]).name)}'
-        figs.append(f'<figure class="{html.escape(str(m["split"]))}">{img}<figcaption>{caption}</figcaption></figure>')
-    return f'<div class="group">{"".join(figs)}</div>'
+def _group(group: dict) -> list[dict]:
+    return [{"uri": thumbnail_data_uri(m["path"]), "split": str(m["split"]), "label": str(m["label"]),
+             "name": Path(m["path"]).name} for m in group["members"]]
 
 
-def _section(title: str, groups: list[dict], total: int) -> str:
-    if not total:
-        return f"<h2>{html.escape(title)}</h2><p>None found.</p>"
-    shown = "".join(_group_html(g) for g in groups[:GROUPS_SHOWN])
-    more = f"<p>{total - GROUPS_SHOWN} more group(s) are listed in audit.json.</p>" if total > GROUPS_SHOWN else ""
-    return f"<h2>{html.escape(title)} ({total})</h2>{shown}{more}"
+def _section(title: str, groups: list[dict], total: int) -> dict:
+    return {"title": title, "total": total, "groups": [_group(g) for g in groups[:GROUPS_SHOWN]],
+            "more": max(0, total - GROUPS_SHOWN)}
 
 
 def render(report: dict, summary: list[str]) -> str:
-    classes = report["classes"]
-    rows = "".join(f"<tr><th>{html.escape(s)}</th>" + "".join(f"<td>{c.get(k, 0)}</td>" for k in classes) + "</tr>"
-                   for s, c in report["counts"].items())
-    counts = f'<table><tr><th></th>{"".join(f"<th>{html.escape(c)}</th>" for c in classes)}</tr>{rows}</table>'
-    lines = "".join(f'<li class="{"bad" if line.startswith(("LEAKAGE", "CONFLICTING")) else ""}">{html.escape(line)}</li>'
-                    for line in summary)
     within = [g for g in report["exact_duplicates"]["list"] if len(g["splits"]) <= 1 and len(g["labels"]) <= 1]
     pt = report["patients"]
-    patients = ""
-    if pt["in_several_splits"]:
-        items = "".join(f"<li>{html.escape(p)}: {', '.join(s)}</li>" for p, s in pt["examples"].items())
-        patients = f"<h2>Patients in several splits ({pt['in_several_splits']})</h2><ul>{items}</ul>"
-    unreadable = ""
-    if report["unreadable"]["count"]:
-        items = "".join(f"<li>{html.escape(u['path'])}: {html.escape(u['reason'])}</li>" for u in report["unreadable"]["files"][:200])
-        unreadable = f"<h2>Unreadable files ({report['unreadable']['count']})</h2><ul>{items}</ul>"
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>medclassify audit</title><style>{_CSS}</style></head>
-<body><h1>Audit of {html.escape(report["root"])}</h1><ul>{lines}</ul>{counts}
-<p>Thumbnail borders: <span style="color:#2e7d32">train</span>, <span style="color:#f9a825">val</span>, <span style="color:#c62828">test</span>.</p>
-{_section("Duplicates across splits (leakage)", report["leakage"]["list"], report["leakage"]["groups"])}
-{_section("Duplicates with conflicting labels", report["conflicting_labels"]["list"], report["conflicting_labels"]["groups"])}
-{patients}
-{_section("Exact duplicates within one split and class", within, len(within))}
-{unreadable}
-<p>Generated by medclassify; machine-readable: audit.json (schema {report["schema"]} v{report["version"]}).</p></body></html>"""
+    sections = [_section("Duplicates across splits (leakage)", report["leakage"]["list"], report["leakage"]["groups"]),
+                _section("Duplicates with conflicting labels", report["conflicting_labels"]["list"],
+                         report["conflicting_labels"]["groups"]),
+                _section("Exact duplicates within one split and class", within, len(within))]
+    patients = {"count": pt["in_several_splits"], "examples": list(pt["examples"].items())} if pt["in_several_splits"] else None
+    unreadable = ({"count": report["unreadable"]["count"], "files": report["unreadable"]["files"][:200]}
+                  if report["unreadable"]["count"] else None)
+    return pages.render("audit.html", title=f"Audit of {report['root']}", subtitle=None, summary=summary,
+                        counts=report["counts"], classes=report["classes"], sections=sections, patients=patients,
+                        unreadable=unreadable,
+                        footer=f"Generated by medclassify; machine-readable: audit.json (schema {report['schema']} "
+                               f"v{report['version']}).")
 
 
 def write_html(report: dict, summary: list[str], path: Path) -> None:
-    write_text_atomic(path, render(report, summary))
+    write_text(path, render(report, summary))

@@ -64,6 +64,7 @@ def save_temperature(run: Run, temperature: float, fitted_on: str, n: int, ece_b
     """Store the temperature in run.json (atomically): predict divides logits by it."""
     run.info["calibration"] = {"temperature": round(float(temperature), 6), "fitted_on": fitted_on, "n": int(n),
                                "ece_before": round(ece_before, 6), "ece_after": round(ece_after, 6)}
+    run.info.pop("calibration_skipped", None)
     write_json(run.path / "run.json", run.info)
 
 

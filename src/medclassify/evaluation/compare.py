@@ -4,16 +4,18 @@ exact mid-p test on the paired correct/wrong outcomes, and DeLong's test for the
 
 from __future__ import annotations
 
-import html
 import itertools
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import RunError
+from .. import pages
 from ..io import write_text
 from ..reporting import Reporter
 from ..run import Run, load_run
+from .alarms import metric_warnings
+from .intervals import format_p
 
 LEADERBOARD = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity")
 
@@ -119,7 +121,8 @@ def compare_runs(runs: list[str | Path | Run], split: str = "test", reporter: Re
                for r in loaded]
     y, probs = _aligned(metrics, names)
     board = [{"run": name, "model": r.model_name, "n": m["n"], **{k: m.get(k) for k in LEADERBOARD},
-              "ci": m.get("ci", {})} for name, r, m in zip(names, loaded, metrics)]
+              "ci": m.get("ci", {}), "warnings": m.get("warnings", metric_warnings(m))}
+             for name, r, m in zip(names, loaded, metrics)]
     order = sorted(range(len(board)), key=lambda i: -(board[i]["balanced_accuracy"] or 0))
     pairs = []
     for i, j in itertools.combinations(order, 2):
@@ -129,7 +132,38 @@ def compare_runs(runs: list[str | Path | Run], split: str = "test", reporter: Re
                             for c, si in _auc_scores(probs[i], y)}}
         pairs.append(tests)
     return {"split": split, "n": int(len(y)), "classes": metrics[0]["classes"], "leaderboard": [board[i] for i in order],
-            "pairs": pairs}
+            "pairs": pairs, "differences": config_differences([loaded[i] for i in order], [names[i] for i in order]),
+            "scores": {"labels": y.tolist(), "probabilities": {names[i]: np.round(probs[i], 6).tolist() for i in order}}}
+
+
+def _settings(run: Run) -> dict:
+    """The settings that can make two runs differ, flattened, with readable names."""
+    c = run.info.get("config", {})
+    flat = {k: v for k, v in c.items() if k not in ("out", "overwrite") and not isinstance(v, (dict, list))}
+    flat["start weights"] = (f"file {Path(c['weights']).name}" if c.get("weights") else run.info.get("pretrained", "none"))
+    flat["epochs run"] = run.info.get("epochs_run")
+    flat["best epoch"] = run.info.get("best_epoch")
+    flat["test-time augmentation"] = "on" if (run.info.get("tta") or {}).get("enabled") else "off"
+    cal = run.info.get("calibration")
+    flat["calibration"] = f"temperature {cal['temperature']:.3f}" if cal else "not fitted"
+    return flat
+
+
+def config_differences(runs: list[Run], names: list[str]) -> list[list]:
+    """[[setting, value of run 1, value of run 2, ...]] for each setting whose values differ."""
+    settings = [_settings(r) for r in runs]
+    keys = sorted(set().union(*settings))
+    rows = []
+    for k in keys:
+        values = [s.get(k) for s in settings]
+        if len({repr(v) for v in values}) > 1:
+            rows.append([k.replace("_", " ")] + ["–" if v is None else str(v) for v in values])
+    return rows
+
+
+def _p_text(p) -> str:
+    text = format_p(p)
+    return text if text.startswith(("<", "n/a")) else f"= {text}"
 
 
 def _fmt(v) -> str:
@@ -156,36 +190,56 @@ def leaderboard_tables(result: dict):
             label = f" [{cls}]" if len(p["delong"]) > 1 else ""
             tests.add_row(p["a"] if k == 0 else "", p["b"] if k == 0 else "",
                           *(map(str, (mc["a_only"], mc["b_only"])) if k == 0 else ("", "")),
-                          f"{mc['p_value']:.4f}" if k == 0 else "", _fmt(d.get("auc_a")) + label, _fmt(d.get("auc_b")),
-                          "n/a" if d.get("p_value") is None else f"{d['p_value']:.4f}")
+                          format_p(mc["p_value"]) if k == 0 else "", _fmt(d.get("auc_a")) + label, _fmt(d.get("auc_b")),
+                          format_p(d.get("p_value")))
     return [board, tests]
 
 
+HEADERS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "macro_f1": "Macro F1",
+           "auc": "AUC (ROC)", "sensitivity": "Sensitivity", "specificity": "Specificity"}
+
+
+def roc_overlay(result: dict) -> bytes:
+    """Every run's ROC curve on one plot (binary: the positive class; multiclass: one panel per class)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from .figures import PALETTE, _figure, png
+
+    y = np.asarray(result["scores"]["labels"])
+    classes = result["classes"]
+    shown = [1] if len(classes) == 2 else [c for c in range(len(classes)) if 0 < (y == c).sum() < len(y)][:6]
+    fig = _figure(4.6 * min(len(shown), 3), 4.2 * int(np.ceil(len(shown) / 3)))
+    axes = np.atleast_1d(fig.subplots(int(np.ceil(len(shown) / 3)), min(len(shown), 3), squeeze=False)).ravel()
+    for ax, c in zip(axes, shown):
+        for k, (name, probs) in enumerate(result["scores"]["probabilities"].items()):
+            p = np.asarray(probs)[:, c]
+            fpr, tpr, _ = roc_curve(y == c, p)
+            ax.plot(fpr, tpr, color=PALETTE[k % len(PALETTE)], label=f"{name} (AUC {roc_auc_score(y == c, p):.3f})")
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+        ax.set(title=f"ROC: {classes[c]}" + (" vs the rest" if len(classes) > 2 else ""),
+               xlabel="false positive rate (1 - specificity)", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(shown):]:
+        ax.set_axis_off()
+    return png(fig)
+
+
 def write_compare_html(result: dict, out: str | Path) -> Path:
-    e = html.escape
     keys = [k for k in LEADERBOARD if any(row.get(k) is not None for row in result["leaderboard"])]
-    head = "".join(f"<th>{e(k)}</th>" for k in keys)
-    rows = "".join(
-        f"<tr><td>{e(r['run'])}</td><td>{e(r['model'])}</td>" + "".join(
-            f"<td>{_fmt(r[k])}<br><small>{'%.3f–%.3f' % tuple(r['ci'][k]) if k in r['ci'] else ''}</small></td>" for k in keys)
-        + "</tr>" for r in result["leaderboard"])
-    pairs = "".join(
-        f"<tr><td>{e(p['a'])}</td><td>{e(p['b'])}</td><td>{p['mcnemar']['a_only']}</td><td>{p['mcnemar']['b_only']}</td>"
-        f"<td>{p['mcnemar']['p_value']:.4f}</td><td>"
-        + "<br>".join(f"{e(c)}: {_fmt(d['auc_a'])} vs {_fmt(d['auc_b'])}, p = "
-                      + ("n/a" if d["p_value"] is None else f"{d['p_value']:.4f}") for c, d in p["delong"].items())
-        + "</td></tr>" for p in result["pairs"])
-    page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>medclassify comparison</title>
-<style>body{{font-family:system-ui,Arial,sans-serif;max-width:1100px;margin:auto;padding:1.5rem;color:#1d2733}}
-table{{border-collapse:collapse;margin:0.8rem 0}}td,th{{border:1px solid #d5dbe3;padding:0.3rem 0.6rem;text-align:right}}
-td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){{text-align:left}}th{{background:#f2f5f8}}small{{color:#5b6775}}</style></head><body>
-<h1>Comparison on the {e(result['split'])} split ({result['n']} images)</h1>
-<p>Sorted by balanced accuracy; under each value its 95% bootstrap interval. Overlapping intervals do not settle
-which model is better: the paired tests below compare the models image by image on the same cases.</p>
-<table><tr><th>run</th><th>model</th>{head}</tr>{rows}</table>
-<h2>Paired tests</h2>
-<p>McNemar's exact mid-p test uses only the images on which exactly one model is right; DeLong's test compares the
-AUCs. A p-value below 0.05 means a difference this large would rarely arise by chance if the models were equally good.</p>
-<table><tr><th>A</th><th>B</th><th>A right, B wrong</th><th>A wrong, B right</th><th>McNemar mid-p</th><th>AUC (DeLong)</th></tr>
-{pairs}</table></body></html>"""
-    return write_text(out, page)
+    board_rows = [[r["run"], r["model"]] + [{"v": _fmt(r[k]), "ci": pages.interval(r["ci"].get(k), percent=False)}
+                                             for k in keys] for r in result["leaderboard"]]
+    pair_rows = [[p["a"], p["b"], p["mcnemar"]["a_only"], p["mcnemar"]["b_only"], format_p(p["mcnemar"]["p_value"]),
+                  "; ".join(f"{c}: {_fmt(d['auc_a'])} vs {_fmt(d['auc_b'])} (p {_p_text(d['p_value'])})"
+                            for c, d in p["delong"].items()) or "n/a"]
+                 for p in result["pairs"]]
+    runs = [r["run"] for r in result["leaderboard"]]
+    differences = result.get("differences") or []
+    warnings = [f"{r['run']}: {w['message']}" for r in result["leaderboard"] for w in r.get("warnings", [])]
+    page = pages.render(
+        "compare.html", warnings=warnings, title=f"Comparison on the {result['split']} split ({result['n']} images)",
+        subtitle=f"{len(runs)} runs: {', '.join(runs)}", board_headers=["Run", "Model"] + [HEADERS[k] for k in keys],
+        board_rows=board_rows, pair_rows=pair_rows, n=result["n"],
+        roc=roc_overlay(result) if result.get("scores") else None, runs=runs, differences=differences,
+        footer="Generated by medclassify compare.")
+    return write_text(Path(out), page)

@@ -15,10 +15,13 @@ from ..io import check_output_file, check_writable_folder
 from ..inference.cached import predict_rows
 from ..reporting import Reporter
 from ..run import Run, load_run, write_json
-from .bootstrap import attach_cis, bootstrap_ci
+from .alarms import metric_warnings
+from .bootstrap import attach_cis
+from .intervals import proportion_cis
 from .calibration import (expected_calibration_error, fit_temperature, reliability, run_temperature, save_temperature,
                           softmax)
 from .metrics import compute_metrics
+from .narrative import facts
 from .threshold import check_target, choose_threshold, operating_point
 
 
@@ -120,6 +123,7 @@ def calibrate(run: Run, reporter: Reporter | None = None) -> dict | None:
     if reason:
         (reporter or Reporter(quiet=True)).warn(f"Probabilities of run {run.path} are left uncalibrated: {reason}.")
         run.info.pop("calibration", None)
+        run.info["calibration_skipped"] = reason  # the report and evaluate say why, and print no temperature
         write_json(run.path / "run.json", run.info)
         return None
     logits, y = val
@@ -173,11 +177,13 @@ def add_operating_point(run: Run, metrics: dict, target_sensitivity: float | Non
     pr = metrics["predictions"]
     y, p = np.asarray(pr["labels"]), np.asarray(pr["probabilities"])[:, 1]
     test = operating_point(y, p, t)
-    ci = bootstrap_ci(y, np.asarray(pr["probabilities"]), n_boot=n_boot, seed=seed, pred=(p >= t).astype(int))
-    test["ci"] = {m: list(ci[m]) for m in ("sensitivity", "specificity") if m in ci}
+    val_fig = operating_point(val[1], val_p, t)
+    for fig in (test, val_fig):  # exact intervals from the counts at this threshold
+        ci = proportion_cis(np.array([[fig["tn"], fig["fp"]], [fig["fn"], fig["tp"]]]))
+        fig["ci"] = {m: list(ci[m]) for m in ("sensitivity", "specificity", "ppv", "npv") if m in ci}
     target = ("sensitivity", target_sensitivity) if target_sensitivity is not None else ("specificity", target_specificity)
     metrics["operating_point"] = {"target": {target[0]: target[1]}, "chosen_on": "val", "threshold": t,
-                                  "positive_class": run.classes[1], "val": operating_point(val[1], val_p, t),
+                                  "positive_class": run.classes[1], "val": val_fig,
                                   metrics["split"]: test}
     run.info["operating_point"] = {"threshold": t, "target": {target[0]: target[1]}, "positive_class": run.classes[1]}
     write_json(run.path / "run.json", run.info)
@@ -222,6 +228,8 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
     add_statistics(metrics, n_boot=n_boot, seed=seed, order=order_idx)
     if wants_threshold:
         add_operating_point(run, metrics, target_sensitivity, target_specificity, n_boot, seed)
+    metrics["warnings"] = metric_warnings(metrics)  # printed by the CLI after its tables, shown atop report.html
+    metrics["facts"] = facts(run.info, metrics)
     if save:
         run.save_metrics(name, metrics)
     return metrics

@@ -31,8 +31,10 @@ def metrics_table(metrics: dict, title: str):
     cols = ("class", "precision", "recall", "f1", "support")
     for col in cols:
         per.add_column(col, justify="left" if col == "class" else "right")
-    for c, m in metrics["per_class"].items():
-        cells = [_fmt(m[k]) + (f" ({_ci(m['ci'], k)})" if m.get("ci", {}).get(k) else "") for k in cols[1:4]]
+    for i, (c, m) in enumerate(metrics["per_class"].items()):
+        never = sum(row[i] for row in metrics["confusion_matrix"]) == 0  # precision undefined, not 0
+        cells = ["n/a" if k == "precision" and never else
+                 _fmt(m[k]) + (f" ({_ci(m['ci'], k)})" if m.get("ci", {}).get(k) else "") for k in cols[1:4]]
         per.add_row(c, *cells, str(m["support"]))
     cm = Table(title="confusion matrix (rows: true, columns: predicted)", show_header=True)
     cm.add_column("")

@@ -1,5 +1,5 @@
-"""Intermediate activations, as the VGG16 notebook showed them: for each block of the network, a grid
-of its most active feature maps for this image."""
+"""Intermediate activations, as the VGG16 notebook showed them: for each stage of the network, its
+most active feature maps for this image (drawn by overlay.activations_figure)."""
 
 from __future__ import annotations
 
@@ -24,14 +24,17 @@ def blocks_of(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return layers or list(model.named_children())
 
 
-def grid(maps: np.ndarray, columns: int) -> np.ndarray:
-    """(n, h, w) in [0, 1] -> one (rows*h + gaps, columns*w + gaps) picture."""
-    n, h, w = maps.shape
-    rows = int(np.ceil(n / columns))
-    out = np.ones((rows * (h + 1) - 1, columns * (w + 1) - 1), np.float32)
-    for i, m in enumerate(maps):
-        r, c = divmod(i, columns)
-        out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = m
+def stage_labels(names: list[str]) -> list[str]:
+    """Readable names of the captured blocks, in network order: 'Stem', then 'Stage 1 of N', ...
+    (seed_cnn's conv blocks count as stages)."""
+    stages = [n for n in names if n not in ("bn1", "stem")]
+    out, k = [], 0
+    for n in names:
+        if n in ("bn1", "stem"):
+            out.append("Stem")
+        else:
+            k += 1
+            out.append(f"Stage {k} of {len(stages)}")
     return out
 
 
@@ -56,9 +59,10 @@ class Activations(Explainer):
             probs = probabilities_of(self.model(self.tensor(image)).float())[0].numpy()
         target = int(probs.argmax()) if target is None else int(target)
         panels = []
-        for name, fmap in captured:
+        labels = stage_labels([name for name, _ in captured])
+        for label, (name, fmap) in zip(labels, captured):
             strongest = np.argsort(fmap.mean((1, 2)))[::-1][: self.maps_per_block]
             maps = np.stack([normalise_map(fmap[i]) for i in strongest])
-            panels.append((f"{name} ({fmap.shape[0]} maps, {fmap.shape[1]}x{fmap.shape[2]})",
-                           grid(maps, columns=min(8, len(maps)))))
+            # (label, (n, h, w) maps in [0, 1]); the module path stays for whoever passes --layer
+            panels.append((f"{label}: {fmap.shape[0]} maps, {fmap.shape[1]}×{fmap.shape[2]} ({name})", maps))
         return Explanation(self.name, image, target, probs, None, panels)

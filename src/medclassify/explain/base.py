@@ -24,6 +24,25 @@ class Explanation:
     heatmap: np.ndarray | None = None     # (H, W) in [0, 1]: how much each pixel supports `target`
     panels: list[tuple[str, np.ndarray]] = field(default_factory=list)  # method-specific pictures (activations)
 
+    @property
+    def flat(self) -> bool:
+        """True when the map shows nothing: no pixel stands out (e.g. every Grad-CAM weight negative)."""
+        return self.heatmap is not None and is_flat(self.heatmap)
+
+    def message(self, classes: list[str]) -> str | None:
+        """What to tell the reader instead of a blank overlay (None when the map has content)."""
+        return f"no localised evidence for {classes[self.target]} in this image" if self.flat else None
+
+
+FLAT_RANGE = 0.05
+
+
+def is_flat(heatmap: np.ndarray) -> bool:
+    """A map whose values span less than FLAT_RANGE (of the [0, 1] scale), or that is all zero after
+    normalisation (a constant map normalises to zeros)."""
+    h = np.asarray(heatmap, dtype=np.float32)
+    return not np.isfinite(h).any() or float(np.nanmax(h) - np.nanmin(h)) < FLAT_RANGE
+
 
 def class_score(logits: torch.Tensor, target: int) -> torch.Tensor:
     """The logit that supports `target`; a single-logit binary head supports class 1 with +logit
@@ -108,6 +127,7 @@ def forward_hooks(modules: list[nn.Module], hook):
 
 
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:
+    """Write atomically (medclassify.io)."""
     from PIL import Image
 
     return write_with(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))

@@ -10,8 +10,9 @@ from ..io import check_output_file, check_output_folder
 from ..reporting import Reporter
 from ..run import Run, load_run
 from . import get_method
-from .base import Explainer, save_png
-from .overlay import render
+from ..io import write_bytes
+from .base import Explainer
+from .overlay import render_png
 
 
 def target_index(run: Run, target: str | None) -> int | None:
@@ -27,6 +28,15 @@ def explain_files(run: Run | str | Path, inputs: str | Path, method: str = "grad
                   **options) -> list[Path]:
     """Explain one image (out: a .png file, default <image>_<method>.png) or a folder (out: a folder,
     one <name>_<method>.png per image). Returns the written files."""
+    return [r["out"] for r in explain_files_detailed(run, inputs, method, out, target, layer, reporter, **options)]
+
+
+def explain_files_detailed(run: Run | str | Path, inputs: str | Path, method: str = "gradcam",
+                           out: str | Path | None = None, target: str | None = None, layer: str | None = None,
+                           reporter: Reporter | None = None, **options) -> list[dict]:
+    """As explain_files, one record per written file: {"image", "out", "class", "probability",
+    "flat", "message"}; `message` ("no localised evidence for CLASS in this image") is set when the
+    map is flat, and is also drawn on the picture and reported as a warning."""
     from ..inference.predictor import Predictor, collect_inputs
 
     reporter = reporter or Reporter(quiet=True)
@@ -61,7 +71,13 @@ def explain_files(run: Run | str | Path, inputs: str | Path, method: str = "grad
                 bar.advance()
                 continue
             expl = explainer.explain(image, t)
-            written.append(save_png(target_path, render(expl, run.classes)))
+            message = expl.message(run.classes)
+            if message:
+                reporter.warn(f"{Path(path).name}: {message} ({cls.name}); the picture says so instead of a heatmap.")
+            write_bytes(target_path, render_png(expl, run.classes, source=path, prep=predictor.prep))
+            written.append({"image": str(path), "out": target_path, "class": run.classes[expl.target],
+                            "probability": float(expl.probabilities[expl.target]), "flat": expl.flat,
+                            "message": message})
             bar.advance()
     if failed:
         reporter.warn(f"{len(failed)} of {len(paths)} image(s) could not be read and were not explained (first: {failed[0]}).")
