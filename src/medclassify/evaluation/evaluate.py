@@ -122,9 +122,10 @@ def calibrate(run: Run, reporter: Reporter | None = None) -> dict | None:
         reason = "the model makes no mistake on validation, so the temperature cannot be estimated (it would go to 0)"
     if reason:
         (reporter or Reporter(quiet=True)).warn(f"Probabilities of run {run.path} are left uncalibrated: {reason}.")
-        run.info.pop("calibration", None)
-        run.info["calibration_skipped"] = reason  # the report and evaluate say why, and print no temperature
-        write_json(run.path / "run.json", run.info)
+        if run.info.get("calibration_skipped") != reason or "calibration" in run.info:
+            run.info.pop("calibration", None)
+            run.info["calibration_skipped"] = reason  # the report and evaluate say why, and print no temperature
+            write_json(run.path / "run.json", run.info)
         return None
     logits, y = val
     t = fit_temperature(logits, y)
@@ -219,10 +220,11 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
     if save or calibrate_first:  # its outputs (run.json, metrics/) are checked before the work
         check_output_file(run.path / "metrics" / f"{name}.json", what="metrics file")
         check_writable_folder(run.path, what="run directory")
+    model = run.build_model()  # damaged weights fail here, before anything is written into the run
     if calibrate_first:
         choose_tta(run, reporter)
         calibrate(run, reporter)
-    metrics = evaluate_records(run, records, reporter=reporter)
+    metrics = evaluate_records(run, records, reporter=reporter, model=model)
     metrics["split"] = name
     metrics["source"] = str(data) if data is not None else str(run.path / "split.csv")
     add_statistics(metrics, n_boot=n_boot, seed=seed, order=order_idx)
