@@ -123,6 +123,38 @@ def test_explain_answers_png_or_a_clear_501(client, uploads):
         assert client.get("/v1/model").json()["explain"] is False
 
 
+@pytest.mark.skipif(not explain_available(), reason="the explain module is not installed")
+def test_explain_is_drawn_on_the_upload_at_its_own_size_and_says_when_the_map_is_flat(client, monkeypatch):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from medclassify.explain import GradCAM
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (61, 97), dtype=np.uint8)).save(buf, format="PNG")
+    r = post(client, buf.getvalue(), path="/v1/explain")
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size == (97, 61)  # the upload's size, not the model's 32 px
+    assert r.headers["X-Localised-Evidence"] in ("true", "false")
+
+    original = GradCAM.explain
+
+    def flat_map(self, image, target=None):
+        expl = original(self, image, target)
+        expl.heatmap = np.full_like(expl.heatmap, 0.5)
+        return expl
+
+    monkeypatch.setattr(GradCAM, "explain", flat_map)
+    r = post(client, buf.getvalue(), path="/v1/explain")
+    assert r.status_code == 200 and r.headers["X-Localised-Evidence"] == "false"
+    # a flat map adds nothing: the picture is the upload itself, not a tinted copy
+    shown = np.asarray(Image.open(io.BytesIO(r.content)).convert("L"), dtype=np.int16)
+    assert np.abs(shown - np.asarray(Image.open(buf), dtype=np.int16)).max() <= 1
+
+
 def _slow(model, seconds):
     original = model.predict
 

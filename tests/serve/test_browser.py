@@ -85,7 +85,9 @@ def test_real_xray_shows_class_bars_and_notice(page, tmp_path):
     if explain_available():
         page.check("#heat-toggle")
         page.wait_for_selector("#heatmap:not([hidden])", timeout=30_000)
-        assert page.evaluate("document.getElementById('heatmap').naturalWidth") > 0
+        # drawn over the uploaded image at its own resolution, so it lines up with the preview
+        sizes = page.evaluate("[...['heatmap', 'preview']].map(i => document.getElementById(i).naturalWidth)")
+        assert sizes[0] > 0 and sizes[0] == sizes[1], sizes
     _screenshot(page, tmp_path, "page-xray.png")
 
 

@@ -209,23 +209,26 @@ def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSe
 
     png_headers = {h: {"schema": {"type": "string"}, "description": d} for h, d in (
         ("X-Class-Encoded", "the class, RFC 8187 (UTF-8''percent-encoded)"), ("X-Class-Index", "the class's index"),
-        ("X-Probability", "its probability"))}
+        ("X-Probability", "its probability"),
+        ("X-Localised-Evidence", "'false' when the map is flat: no localised evidence for the class in this image"))}
 
     @app.post("/v1/explain", dependencies=keyed, response_class=Response, openapi_extra=_UPLOAD_BODY,
               responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-                               "headers": png_headers, "description": "Grad-CAM heatmap over the image"},
+                               "headers": png_headers, "description": "Grad-CAM heatmap over the uploaded image"},
                          **_declared(400, 401, 413, 415, 422, 500, 501, 503, 504)},
-              summary="Grad-CAM heatmap of the predicted class over the image as the model sees it (PNG).")
+              summary="Grad-CAM heatmap of the predicted class over the uploaded image at its own resolution (PNG).")
     async def explain(request: Request):
         if not model.can_explain:
             raise Rejected(501, "explain_unavailable",
                            "Heatmaps are not available in this medclassify version (the Grad-CAM module is not installed).")
         data, name = await read_upload(request)
         try:
-            _upload, (png, label, prob) = await run_bounded(lambda: with_upload(data, name, lambda up: model.explain_png(up)))
+            _upload, (png, label, prob, localised) = await run_bounded(
+                lambda: with_upload(data, name, lambda up: model.explain_png(up)))
         except ExplainUnavailable:
             raise Rejected(501, "explain_unavailable", "Heatmaps are not available in this medclassify version.") from None
-        return Response(png, media_type="image/png", headers=class_headers(label, prob, list(model.classes)))
+        headers = {**class_headers(label, prob, list(model.classes)), "X-Localised-Evidence": "true" if localised else "false"}
+        return Response(png, media_type="image/png", headers=headers)
 
     @app.get("/v1/model", dependencies=keyed, responses=_declared(400, 401, 500), summary="Classes, metrics with confidence intervals, intended use.")
     async def model_info():

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..data.formats import UnreadableImage
+from ..data.images import decode
 from ..inference.cascade import Cascade
 from ..inference.predictor import DEFAULT_ABSTAIN_BELOW, Predictor
 from .uploads import Upload
@@ -26,7 +27,7 @@ class ExplainUnavailable(Exception):
 def explain_available() -> bool:
     try:
         from ..explain import GradCAM  # noqa: F401
-        from ..explain.overlay import blend  # noqa: F401
+        from ..explain.overlay import overlay_on_original  # noqa: F401
     except ImportError:
         return False
     return True
@@ -125,15 +126,17 @@ class ServedModel:
                 "cascade_path": [{"stage": s.stage, "label": s.label, "probability": s.probability,
                                   "probabilities": s.probabilities, "version": s.version} for s in res.steps]}
 
-    def explain_png(self, upload: Upload) -> tuple[bytes, str, float]:
-        """Grad-CAM of the predicted class (for a cascade: of its last stage) over the image as the model
-        sees it; returns (PNG bytes, class, probability)."""
+    def explain_png(self, upload: Upload) -> tuple[bytes, str, float, bool]:
+        """Grad-CAM of the predicted class (for a cascade: of its last stage) drawn over the uploaded image
+        at its own resolution (the page scales it like the preview); returns (PNG bytes, class,
+        probability, localised): `localised` is False for a flat map, which would otherwise be a silent
+        copy of the image."""
         if not self.can_explain:
             raise ExplainUnavailable()
         from PIL import Image
 
         from ..explain import GradCAM
-        from ..explain.overlay import blend
+        from ..explain.overlay import overlay_on_original
 
         predictor = self.predictor
         if predictor is None:
@@ -143,6 +146,7 @@ class ServedModel:
         probs = predictor.probabilities(image[None])[0]
         target = int(np.argmax(probs))
         expl = GradCAM(predictor.model, predictor.prep).explain(image, target)
+        original = decode(upload.path, data=upload.data)
         buf = io.BytesIO()
-        Image.fromarray(blend(expl.image, expl.heatmap)).save(buf, format="PNG")
-        return buf.getvalue(), predictor.classes[target], float(probs[target])
+        Image.fromarray(overlay_on_original(original, expl, predictor.prep.resize)).save(buf, format="PNG")
+        return buf.getvalue(), predictor.classes[target], float(probs[target]), not expl.flat

@@ -6,6 +6,13 @@ const $ = (id) => document.getElementById(id);
 let modelInfo = null;
 let currentFile = null;
 let heatmapUrl = null;
+let heatmapNote = "";
+
+function decodeClass(headers) {
+  // RFC 8187: UTF-8''percent-encoded, so class names outside Latin-1 survive the header
+  const encoded = headers.get("X-Class-Encoded");
+  return encoded ? decodeURIComponent(encoded.replace(/^UTF-8''/i, "")) : "the predicted class";
+}
 
 function apiKey() { return sessionStorage.getItem("medclassify-key") || ""; }
 
@@ -99,6 +106,7 @@ function showResult(body, fileName) {
 function showPreview(file) {
   $("preview-box").hidden = false;
   $("heatmap").hidden = true;
+  $("heat-note").hidden = true;
   $("heat-toggle").checked = false;
   if (heatmapUrl) { URL.revokeObjectURL(heatmapUrl); heatmapUrl = null; }
   const browserCanShow = /\.(png|jpe?g|bmp)$/i.test(file.name) || /^image\/(png|jpeg|bmp)$/.test(file.type);
@@ -130,6 +138,7 @@ async function toggleHeatmap() {
   const on = $("heat-toggle").checked;
   if (!on || !currentFile) {
     $("heatmap").hidden = true;
+    $("heat-note").hidden = true;
     $("preview").hidden = !$("no-preview").hidden;  // back to the plain image where the browser can show it
     return;
   }
@@ -137,8 +146,11 @@ async function toggleHeatmap() {
     const form = new FormData();
     form.append("file", currentFile, currentFile.name);
     try {
-      const blob = await (await api("/v1/explain", { method: "POST", body: form })).blob();
-      heatmapUrl = URL.createObjectURL(blob);
+      const response = await api("/v1/explain", { method: "POST", body: form });
+      heatmapNote = response.headers.get("X-Localised-Evidence") === "false"
+        ? `No localised evidence for ${decodeClass(response.headers)} in this image: the heatmap is flat, so it shows nothing.`
+        : "";
+      heatmapUrl = URL.createObjectURL(await response.blob());
     } catch (e) {
       showError(e.message);
       $("heat-toggle").checked = false;
@@ -147,7 +159,9 @@ async function toggleHeatmap() {
   }
   $("heatmap").src = heatmapUrl;
   $("heatmap").hidden = false;
-  $("preview").hidden = true;  // the heatmap is drawn over the image as the model saw it
+  $("heat-note").textContent = heatmapNote;
+  $("heat-note").hidden = !heatmapNote;
+  $("preview").hidden = true;  // the heatmap is drawn over the uploaded image itself, at its own resolution
 }
 
 function setUp() {
