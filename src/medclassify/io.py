@@ -98,30 +98,44 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`, on any
-    failure (or interrupt) it is removed. For writers that need a file name (safetensors, ONNX)."""
-    path = Path(path)
+def _temporary_beside(path: Path) -> Path:
+    """The folder exists, dead writers' leftovers for this name are gone, and a fresh temporary name."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _describe_os_error(path.parent, e) from None
     remove_stale_partials(path.parent, path.name)
     tmp = partial_name(path)
+    _remove(tmp)
+    return tmp
+
+
+@contextlib.contextmanager
+def _removed_on_failure(tmp: Path, path: Path) -> Iterator[None]:
+    """Any failure (or interrupt) removes the temporary; an OSError becomes one line naming `path`."""
     try:
-        yield tmp
-        if tmp.is_file():
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        yield
     except OSError as e:
         _remove(tmp)
         raise _describe_os_error(path, e) from None
     except BaseException:
         _remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`, on any
+    failure (or interrupt) it is removed. For writers that need a file name (safetensors, ONNX)."""
+    path = Path(path)
+    tmp = _temporary_beside(path)
+    with _removed_on_failure(tmp, path):
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
 
 
 def _remove(p: Path) -> None:
@@ -170,23 +184,11 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     """Build a folder under a hidden temporary name and move it into place when the block ends
     without error. `replace=True` swaps out an existing folder (the caller has checked it is ours)."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise _describe_os_error(path.parent, e) from None
-    remove_stale_partials(path.parent, path.name)
-    tmp = partial_name(path)
-    _remove(tmp)
-    try:
+    tmp = _temporary_beside(path)
+    with _removed_on_failure(tmp, path):
         tmp.mkdir()
         yield tmp
         commit_dir(tmp, path, replace=replace)
-    except OSError as e:
-        _remove(tmp)
-        raise _describe_os_error(path, e) from None
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def commit_dir(tmp: Path, path: Path, replace: bool = False) -> None:
