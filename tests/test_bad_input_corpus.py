@@ -108,16 +108,19 @@ def dataset(per_class=6):
     return setup
 
 
+def _place(p: Path, data: bytes | Callable[[Path], object]) -> None:
+    if callable(data):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        data(p)
+    else:
+        mk.write(p, data)
+
+
 def ds_with(rel: str, data: bytes | Callable[[Path], object]):
     """The usable dataset plus one odd file at mydata/<rel>."""
     def setup(c):
         mk.two_class(c.t / "mydata")
-        p = c.t / "mydata" / rel
-        if callable(data):
-            p.parent.mkdir(parents=True, exist_ok=True)
-            data(p)
-        else:
-            mk.write(p, data)
+        _place(c.t / "mydata" / rel, data)
     return setup
 
 
@@ -126,12 +129,7 @@ def in_with(rel: str, data: bytes | Callable[[Path], object], good: int = 2):
     def setup(c):
         for i in range(good):
             mk.grey(c.t / "in" / f"good_{i}.png", seed=i)
-        p = c.t / "in" / rel
-        if callable(data):
-            p.parent.mkdir(parents=True, exist_ok=True)
-            data(p)
-        else:
-            mk.write(p, data)
+        _place(c.t / "in" / rel, data)
     return setup
 
 
