@@ -17,16 +17,28 @@ def _cli() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "medclassify.cli"]
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory):
+    """One sqlite store for the module: creating its tables takes seconds."""
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "chest")
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
+@pytest.fixture
+def store(store_uri, tmp_path, monkeypatch, request):
+    """The store, with this test's own experiment (artifacts under tmp_path) named in MLFLOW_EXPERIMENT_NAME."""
+    from mlflow import MlflowClient
+
+    name = f"chest-{request.node.name}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
     monkeypatch.chdir(tmp_path)  # nothing may land in the working folder of the test session
-    client = MlflowClient(tracking_uri=uri)
-    client.create_experiment("chest", artifact_location=(tmp_path / "artifacts").as_uri())
+    client = MlflowClient(tracking_uri=store_uri)
+    client.create_experiment(name, artifact_location=(tmp_path / "artifacts").as_uri())
+    client.experiment = name
     return client
 
 
@@ -51,7 +63,7 @@ def test_train_evaluate_report_export_logged_and_registered(small_dataset, tmp_p
 
     run = store.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert store.get_experiment(run.info.experiment_id).name == "chest"
+    assert store.get_experiment(run.info.experiment_id).name == store.experiment
     params = run.data.params
     assert params["model"] == "seed_cnn" and params["image_size"] == "32" and params["epochs"] == "2"
     assert params["resolved_lr"] == "0.001" and params["track"] == "mlflow"
@@ -73,7 +85,7 @@ def test_train_evaluate_report_export_logged_and_registered(small_dataset, tmp_p
     assert data["test_n"] == metrics["n"]
     assert data["selected_val_accuracy"] == pytest.approx(json.loads((run_dir / "metrics" / "val.json").read_text())["accuracy"])
 
-    assert {"run.json", "history.csv", "metrics", "report.html", "model.safetensors", "model.onnx", "model"} <= _artifacts(store, run_id)
+    assert {"run.json", "history.csv", "metrics", "report.html", "model"} <= _artifacts(store, run_id)
     assert {"metrics/val.json", "metrics/test.json"} <= _artifacts(store, run_id, "metrics")
     assert {"model/model.safetensors", "model/run.json", "model/model.onnx", "model/export.json"} <= _artifacts(store, run_id, "model")
     # The uploaded files are the run's own: the report, and the run.json with the calibration evaluate wrote.
@@ -86,6 +98,21 @@ def test_train_evaluate_report_export_logged_and_registered(small_dataset, tmp_p
 
     version = store.get_model_version("chest-classifier", "1")
     assert version.run_id == run_id and version.source.endswith("/model")
+
+
+def test_failed_training_ends_the_mlflow_run_failed_with_its_error(tmp_path, store, quiet):
+    from medclassify.config import TrainConfig
+    from medclassify.errors import MedClassifyError
+    from medclassify.training.fit import train
+
+    config = TrainConfig(data=str(tmp_path / "no-such-folder"), out=str(tmp_path / "run"), model="seed_cnn", image_size=32,
+                         epochs=1, time_budget=None, track="mlflow")
+    with pytest.raises(MedClassifyError) as e:
+        train(config, reporter=quiet)
+    [run] = store.search_runs([store.get_experiment_by_name(store.experiment).experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["medclassify.error"] == str(e.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_untracked_run_has_no_tracking_record(tiny_run):

@@ -356,7 +356,7 @@ def train(config: TrainConfig | None = None, reporter: Reporter | None = None, o
             return _train_into(writer, config, spec, reporter, tracker)
     except BaseException as e:
         interrupt = isinstance(e, (KeyboardInterrupt, SystemExit))
-        tracker.finish("KILLED" if interrupt else "FAILED")
+        tracker.finish("KILLED" if interrupt else "FAILED", error=None if interrupt else str(e) or type(e).__name__)
         if writer.abort() and (interrupt or writer.training_started):
             what = "Interrupted" if interrupt else "Stopped"
             reporter.warn(f"{what} after epoch {writer.checkpointed_epoch}: its checkpoint is kept in {writer.path}; "

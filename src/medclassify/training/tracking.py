@@ -20,7 +20,7 @@ from ..errors import ConfigError
 
 INSTALL = "pip install 'medclassify[track]'"
 DEFAULT_EXPERIMENT = "medclassify"
-MODEL_FILES = ("model.safetensors", "run.json", "model.onnx", "export.json")  # also logged under model/
+MODEL_FILES = ("model.safetensors", "run.json", "model.onnx", "export.json")  # logged under model/ (run.json at the top too)
 RUN_FILES = ("run.json", "history.csv", "metrics", "report.html", "model.safetensors", "model.onnx", "export.json")
 
 
@@ -53,7 +53,7 @@ class Tracker:
     def register(self, name: str) -> dict | None:
         return None
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         pass
 
 
@@ -171,7 +171,8 @@ class MlflowTracker(Tracker):
             if p.is_dir():
                 self.client.log_artifacts(self.run_id, str(p), name)
             elif p.is_file():
-                self.client.log_artifact(self.run_id, str(p))
+                if name not in MODEL_FILES or name == "run.json":
+                    self.client.log_artifact(self.run_id, str(p))
                 if name in MODEL_FILES:
                     self.client.log_artifact(self.run_id, str(p), "model")
 
@@ -192,7 +193,9 @@ class MlflowTracker(Tracker):
             self.reporter.info(f"Registered the model as {name!r} version {version.version} in MLflow.")
         return {"name": name, "version": str(version.version)}
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        if error:
+            self._guard("logging the error", self.client.set_tag, self.run_id, "medclassify.error", error[:5000])
         self._guard("closing the MLflow run", self.client.set_terminated, self.run_id, status)
 
 
