@@ -75,6 +75,9 @@ def train(
     device: str = typer.Option(None, help="auto, cpu or cuda."),
     seed: int = typer.Option(None),
     threads: int = typer.Option(None, help="CPU threads for PyTorch."),
+    track: str = typer.Option(None, "--track", help="none or mlflow: log settings, epochs, test figures and files to MLflow "
+                                                 "(MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME; pip install 'medclassify[track]')."),
+    register: str = typer.Option(None, "--register", help="With --track mlflow: register the model under this name in MLflow's model registry."),
     dedupe: bool = typer.Option(None, "--dedupe", help="Keep only the held-out copy of duplicates that cross splits (test, then val) and drop duplicate groups with conflicting labels (counted)."),
     strict: bool = typer.Option(None, "--strict", help="Refuse to train when splits leak or duplicate labels conflict."),
     folds: int = typer.Option(None, "--folds", help="Group k-fold cross-validation: K runs under OUT/fold_k and OUT/cv_summary.json."),
@@ -93,7 +96,7 @@ def train(
         label_smoothing=label_smoothing, freeze=freeze, ema=ema, pretrained=pretrained, weights=str(weights) if weights else None,
         patient_pattern=patient_pattern, val_fraction=val_fraction, test_fraction=test_fraction,
         early_stopping=early_stopping, monitor=monitor, precision=precision, device=device, seed=seed, threads=threads,
-        dedupe=dedupe, strict=strict, splits=splits,
+        dedupe=dedupe, strict=strict, splits=splits, track=track, register_model=register,
     ).items() if v is not None}
     if channels is not None:
         given["channels"] = channels if channels == "auto" else int(channels) if channels.isdigit() else channels

@@ -56,6 +56,13 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int | None = None  # decode processes for the cache; default: all cores
     threads: int | None = None  # torch intra-op threads; default: all cores
+    track: Literal["none", "mlflow"] = Field("none", description=(
+        "Log settings, epochs, test figures and files to MLflow (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME); "
+        "needs pip install 'medclassify[track]'."))
+    # Not `register`: that name is taken by pydantic's BaseModel (ABCMeta.register).
+    register_model: str | None = Field(None, description=(
+        "With --track mlflow: register the run's model folder (weights, run.json, ONNX once exported) under this name "
+        "in the MLflow model registry."))
 
     @field_validator("augment")
     @classmethod

@@ -15,6 +15,7 @@ from ..io import check_output_file, check_writable_folder
 from ..inference.cached import predict_rows
 from ..reporting import Reporter
 from ..run import Run, load_run, write_json
+from ..training.tracking import run_tracker
 from .alarms import metric_warnings
 from .bootstrap import attach_cis
 from .intervals import proportion_cis
@@ -234,4 +235,7 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
     metrics["facts"] = facts(run.info, metrics)
     if save:
         run.save_metrics(name, metrics)
+        tracker = run_tracker(run.info, reporter)  # the training's MLflow run, when it was tracked
+        tracker.log_test(metrics)
+        tracker.log_artifacts(run.path, ("run.json", "metrics"))
     return metrics

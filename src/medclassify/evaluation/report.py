@@ -18,6 +18,7 @@ from ..errors import MedClassifyError
 from ..io import check_output_file, resolved, write_text
 from ..reporting import Reporter
 from ..run import Run, load_run
+from ..training.tracking import run_tracker
 from . import figures
 from .alarms import metric_warnings
 from .narrative import (calibration_sentence, facts, selection_sentence, split_sentence, threshold_sentence,
@@ -260,4 +261,6 @@ def build_report(run: Run | str | Path, split: str = "test", out: str | Path | N
         metrics = evaluate(run, split=split, reporter=reporter)
         run = load_run(run.path)  # calibration may have been (re)fitted
     out = Path(out) if out else run.path / "report.html"
-    return write_text(out, render_report(run, metrics, reporter, n_wrong))
+    path = write_text(out, render_report(run, metrics, reporter, n_wrong))
+    run_tracker(run.info, reporter).log_artifacts(path.parent, (path.name,))
+    return path

@@ -21,6 +21,7 @@ from ..errors import ConfigError, RunError
 from ..io import atomic_path, check_output_file
 from ..reporting import Reporter
 from ..run import Run, load_run
+from ..training.tracking import run_tracker
 from .exported import INT8_FILE, META_FILE, ONNX_FILE, file_sha256, read_export_meta, verified
 
 OPSET = 17
@@ -189,4 +190,5 @@ def export_onnx(run: Run | str | Path, reporter: Reporter | None = None, images:
             meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     reporter.info(f"Exported {run.path / ONNX_FILE} (opset {OPSET}, dynamic batch); parity on {len(paths)} images: "
                   f"max |p_onnx - p_torch| = {diff:.1e}.")
+    run_tracker(run.info, reporter).log_artifacts(run.path, (ONNX_FILE, META_FILE))
     return meta

@@ -133,7 +133,7 @@ def config_snapshot(config: dict) -> dict:
     return {k: str(resolved(v)) if k in ("data", "out", "weights") and v else v for k, v in config.items()}
 
 
-def config_difference(saved: dict, current: dict, ignore: tuple[str, ...] = ("threads", "workers")) -> str | None:
+def config_difference(saved: dict, current: dict, ignore: tuple[str, ...] = ("threads", "workers", "track", "register_model")) -> str | None:
     """The first setting that differs between the checkpointed training and this one, as a phrase."""
     for key in sorted(set(saved) | set(current)):
         if key not in ignore and saved.get(key) != current.get(key):

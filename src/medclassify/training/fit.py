@@ -37,6 +37,7 @@ from .freeze import freeze_stages, keep_frozen_eval, stage_modules
 from .imbalance import class_weights, epoch_order
 from .precision import choose_amp_dtype
 from .schedule import lr_multiplier
+from .tracking import Tracker, make_tracker
 
 DEFAULT_FREEZE = 2  # stem and first stages of a pretrained backbone: 1.4x faster steps (benchmarks/accuracy.py)
 CALIBRATION_STEPS = 6  # steps timed (after 2 warm-up steps) to size epochs to the time budget
@@ -120,6 +121,7 @@ class Trainer:
         self.frozen: list[nn.Module] = []
         self.frozen_stages = 0
         self.planned_seconds = 0.0  # under a time budget: when the planned epochs should end, from t_start
+        self.tracker: Tracker = Tracker()
 
     def build_model(self) -> nn.Module:
         c = self.config
@@ -265,6 +267,7 @@ class Trainer:
             history.write()
             if improved:
                 best.save(shipped)
+            self.tracker.log_epoch(epoch, history.rows[-1])
             if finished:
                 break
         save_weights(ema.module if ema else model, writer.path / "last.safetensors")
@@ -340,6 +343,7 @@ def train(config: TrainConfig | None = None, reporter: Reporter | None = None, o
     run folder; `resume=True` continues an interrupted training of the same settings from there."""
     config = config or TrainConfig(**kwargs)
     reporter = reporter or Reporter()
+    tracker = make_tracker(config, reporter)  # a missing mlflow is reported before any work
     if config.threads:
         torch.set_num_threads(config.threads)
     spec = get_spec(config.model)
@@ -349,9 +353,10 @@ def train(config: TrainConfig | None = None, reporter: Reporter | None = None, o
         reporter.info(f"Nothing to resume for {config.out}: training from the start.")
     try:
         with sigterm_as_exit():
-            return _train_into(writer, config, spec, reporter)
+            return _train_into(writer, config, spec, reporter, tracker)
     except BaseException as e:
         interrupt = isinstance(e, (KeyboardInterrupt, SystemExit))
+        tracker.finish("KILLED" if interrupt else "FAILED", error=None if interrupt else str(e) or type(e).__name__)
         if writer.abort() and (interrupt or writer.training_started):
             what = "Interrupted" if interrupt else "Stopped"
             reporter.warn(f"{what} after epoch {writer.checkpointed_epoch}: its checkpoint is kept in {writer.path}; "
@@ -382,11 +387,15 @@ def sigterm_as_exit():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter) -> TrainResult:
+def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter, tracker: Tracker) -> TrainResult:
     from ..evaluation.evaluate import choose_tta
 
+    saved_tracking = None
     if writer.resuming:
         check_resumable(writer.path, config_snapshot(config.model_dump()))  # before the long preparation
+        saved_tracking = read_json_object(writer.path / "run.json", "run description",
+                                          "start the training again with --overwrite.").get("tracking")
+    tracking = tracker.start(config, writer.path, resume=saved_tracking)  # a bad tracking URI fails before the work
     t0 = time.perf_counter()
     data = prepare(config.data, image_size=config.image_size, resize=config.resize, channels=config.channels,
                    normalize=config.normalize, mean=spec.mean, std=spec.std, patient_pattern=config.patient_pattern,
@@ -396,6 +405,7 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
     prep_s = time.perf_counter() - t0
     writer.protect(r.path for r in data.records)
     trainer = Trainer(config, data, reporter)
+    trainer.tracker = tracker
     check_input_size(trainer.build_model().cpu(), config.image_size, data.preprocessing.channels, config.model)
     info = {
         "format_version": FORMAT_VERSION,
@@ -412,6 +422,10 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()},
         "interrupted": True,  # until the run is committed: a partial folder left behind is marked so
     }
+    if tracking:
+        info["tracking"] = tracking  # the later verbs log into the same MLflow run
+        if not saved_tracking:
+            tracker.log_params(tracked_params(info))
     if writer.resuming:
         check_same_split(writer.path / "split.csv", data.records)
         saved = read_json_object(writer.path / "run.json", "run description", "start the training again with --overwrite.")
@@ -438,8 +452,25 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
     # the validation metrics of the chosen variant are saved as metrics/val.json.
     choose_tta(run, reporter, cache=data.cache)
     result.val_metrics = run.metrics("val")
+    if tracking:
+        registered = tracker.register(config.register_model) if config.register_model else None
+        if registered:
+            run.info["tracking"]["registered"] = registered
+            write_json(writer.path / "run.json", run.info)
+        if result.val_metrics:
+            tracker.log_test(result.val_metrics)
+        tracker.log_artifacts(writer.path)
     result.run_dir = writer.commit()
+    tracker.finish("FINISHED")
     return result
+
+
+def tracked_params(info: dict) -> dict:
+    """The resolved settings as MLflow params: the config as given, and what "auto" and defaults became."""
+    return {**info["config"], "resolved_pretrained": info["pretrained"], "resolved_lr": info["lr"],
+            "frozen_stages": info["frozen_stages"], "classes": ",".join(info["classes"]),
+            "resolved_channels": info["preprocessing"].get("channels"), "medclassify_version": info["medclassify_version"],
+            "torch_version": info["environment"]["torch"]}
 
 
 def check_same_split(path: Path, records) -> None:
