@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import inspect
+import sys
 from pathlib import Path
 from typing import Iterable, Literal, get_args, get_origin
 
@@ -32,9 +33,20 @@ class UnknownOptionError(ConfigError, TypeError):
 
 
 def _reporter(quiet: bool):
+    import importlib.util
+
+    from rich.console import Console
+
     from .reporting import Reporter
 
-    return Reporter(quiet=quiet)
+    if quiet:
+        return Reporter(quiet=True)
+    console = Console(stderr=True, highlight=False)
+    if console.is_jupyter and importlib.util.find_spec("ipywidgets") is None:
+        # rich's live progress bars need ipywidgets in Jupyter (it warns at every bar without them):
+        # print the messages as plain cell output instead.
+        console = Console(file=sys.stdout, highlight=False, force_jupyter=False, force_terminal=False)
+    return Reporter(console=console)
 
 
 def _config_fields() -> dict:
