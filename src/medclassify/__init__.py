@@ -12,7 +12,13 @@ From Python or a notebook:
 Each function's help (`help(medclassify.train)`, Shift-Tab in Jupyter) lists its settings.
 """
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what editors and type checkers see; at run time the names load on first use
+    from .api import (RunHandle, UnknownOptionError, audit, compare, evaluate, explain, load_run, predict, report,
+                      train)
 
 _API = ("train", "evaluate", "predict", "load_run", "audit", "compare", "explain", "report", "RunHandle",
         "UnknownOptionError")
