@@ -132,3 +132,12 @@ def test_import_stays_light():
     code = "import sys, medclassify; medclassify.__version__; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_other_verbs_name_the_nearest_keyword_too(tiny_run):
+    with pytest.raises(TypeError, match="did you mean split"):
+        medclassify.evaluate(tiny_run, splt="val")
+    with pytest.raises(TypeError, match="did you mean abstain_below"):
+        medclassify.load_run(tiny_run).predict(tiny_run, abstain=0.5)
+    method = inspect.signature(medclassify.load_run(tiny_run).evaluate).parameters
+    assert list(method)[0] == "split" and "n_boot" in method  # the run's methods show the real keywords

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import functools
 import inspect
 import sys
 from pathlib import Path
@@ -60,6 +61,35 @@ def check_keywords(given: Iterable[str], valid: Iterable[str], where: str) -> No
             near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
             fix = f"did you mean {near[0]}?" if near else f"use one of: {', '.join(valid)}."
             raise UnknownOptionError(f"{where}() got an unknown keyword {key!r}.", fix)
+
+
+def checked_keywords(fn):
+    """A misspelled keyword raises UnknownOptionError naming the nearest one (Python's own TypeError
+    does not suggest)."""
+    names = [p.name for p in inspect.signature(fn).parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not takes_any:
+            check_keywords(kwargs, names, fn.__name__)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def as_method(fn):
+    """The signature and help of a module function `fn(run, ...)` for the RunHandle method that
+    passes itself as `run`."""
+    def decorate(method):
+        params = list(inspect.signature(fn).parameters.values())
+        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        method.__signature__ = inspect.signature(fn).replace(parameters=[self_param, *params[1:]])
+        method.__doc__ = fn.__doc__
+        return method
+
+    return decorate
 
 
 def default_out(data: str | Path) -> Path:
@@ -169,11 +199,9 @@ class RunHandle(Run):
         p.text(repr(self))
 
     def evaluate(self, split: str = "test", **kwargs) -> Metrics:
-        """evaluate(run, split, ...) on this run; see help(medclassify.evaluate)."""
         return evaluate(self, split, **kwargs)
 
     def predict(self, inputs, out=None, **kwargs) -> Predictions:
-        """predict(run, inputs, out, ...) with this run; see help(medclassify.predict)."""
         return predict(self, inputs, out, **kwargs)
 
     def explain(self, image, method: str = "gradcam", *, target: str | None = None, layer: str | None = None,
@@ -202,6 +230,7 @@ def load_run(path: str | Path) -> RunHandle:
     return path if isinstance(path, RunHandle) else RunHandle.of(path if isinstance(path, Run) else _load_run(path))
 
 
+@checked_keywords
 def evaluate(run: Run | str | Path, split: str = "test", *, data: str | Path | None = None,
              target_sensitivity: float | None = None, target_specificity: float | None = None,
              ordinal: bool = False, order: str | list[str] | None = None, n_boot: int = 1000, seed: int = 0,
@@ -223,6 +252,7 @@ def evaluate(run: Run | str | Path, split: str = "test", *, data: str | Path | N
                              ordinal=ordinal, order=order, n_boot=n_boot, seed=seed))
 
 
+@checked_keywords
 def predict(run: Run | str | Path, inputs, out: str | Path | None = None, *, backend: str = "auto",
             tta: bool | None = None, abstain_below: float | None = 0.6, batch_size: int = 32,
             shard: str | None = None, quiet: bool = True) -> Predictions:
@@ -268,6 +298,7 @@ def explain(run: Run | str | Path, image, method: str = "gradcam", *, target: st
     return result
 
 
+@checked_keywords
 def audit(data: str | Path, *, patient_pattern: str | None = None, splits: str | None = None,
           workers: int | None = None, out: str | Path | None = None, quiet: bool = True) -> AuditReport:
     """Audit a dataset before training: counts per class and split, exact and near duplicates,
@@ -286,6 +317,7 @@ def audit(data: str | Path, *, patient_pattern: str | None = None, splits: str |
     return AuditReport(result)
 
 
+@checked_keywords
 def compare(runs: list[Run | str | Path], split: str = "test", *, out: str | Path | None = None,
             n_boot: int = 1000, seed: int = 0, quiet: bool = True) -> Comparison:
     """Compare two or more runs on the same labelled split: a leaderboard (balanced accuracy first)
@@ -303,6 +335,9 @@ def report(run: Run | str | Path, split: str = "test", out: str | Path | None = 
     """Write the run's HTML report and return its path; see RunHandle.report."""
     return load_run(run).report(split, out, **kwargs)
 
+
+as_method(evaluate)(RunHandle.evaluate)
+as_method(predict)(RunHandle.predict)
 
 __all__ = ["train", "evaluate", "predict", "load_run", "audit", "compare", "explain", "report", "RunHandle",
            "UnknownOptionError", "check_keywords", "default_out"]
