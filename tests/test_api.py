@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import medclassify
@@ -113,6 +114,8 @@ def test_explain_and_report_from_the_run(api_result, small_dataset, tmp_path):
     assert expl.label in run.classes and expl.heatmap.shape == (32, 32)
     assert len(repr(expl)) < 300 and "<img" in expl._repr_html_()
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+    from_array = run.explain(np.full((32, 32), 90, np.uint8), method="occlusion")  # pixels, not a file
+    assert from_array.heatmap.shape == (32, 32) and "<img" in from_array._repr_html_()
     page = run.report(out=tmp_path / "report.html")
     assert page.read_text().startswith("<!")
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what editors and type checkers see; at run time the names load on first use
-    from .api import (RunHandle, UnknownOptionError, audit, compare, evaluate, explain, load_run, predict, report,
+    from .api import (RunHandle, UnknownOptionError, audit, compare, evaluate, explain, load_run, predict, report,  # noqa: F401
                       train)
 
 _API = ("train", "evaluate", "predict", "load_run", "audit", "compare", "explain", "report", "RunHandle",

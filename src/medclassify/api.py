@@ -290,6 +290,8 @@ def explain(run: Run | str | Path, image, method: str = "gradcam", *, target: st
     else:
         pixels = np.asarray(image, dtype=np.uint8)
         pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+        if pixels.shape[-1] == 1 and run.preprocessing.channels == 3:
+            pixels = np.repeat(pixels, 3, axis=-1)
     explainer = get_method(method)(predictor.model, predictor.prep, layer, **options)
     expl = explainer.explain(pixels, target_index(run, target))
     result = ExplanationResult(expl, run.classes, render_png(expl, run.classes, source=source, prep=predictor.prep), source)
