@@ -1,6 +1,6 @@
 """medclassify: a folder of labelled medical images in, a trustworthy, explained, deployable classifier out."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def train(*args, **kwargs):

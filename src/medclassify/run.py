@@ -99,7 +99,7 @@ def _schema_error(info_path: Path, e: ValidationError) -> RunError:
 @dataclass
 class Run:
     path: Path
-    info: dict[str, Any]  # the raw run.json (callers update and rewrite it)
+    info: dict[str, Any]  # the raw run.json; change it only through `update`
     record: RunRecord | None = None  # the validated view of `info` when it was loaded
 
     def __post_init__(self):
@@ -117,6 +117,27 @@ class Run:
     @property
     def model_name(self) -> str:
         return self.info["config"]["model"]
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature predict divides logits by (1 until evaluate fits one)."""
+        return self.record.calibration.temperature if self.record.calibration else 1.0
+
+    @property
+    def tta(self) -> bool:
+        """Whether flip test-time augmentation was chosen on the validation split (see training/tta.py)."""
+        return bool(self.record.tta and self.record.tta.enabled)
+
+    def update(self, **fields: Any) -> None:
+        """Record what a later verb adds (calibration, calibration_skipped, tta, operating_point,
+        exports, ...): a value of None removes the key. The result is validated against the schema
+        before run.json is rewritten (atomically), so a run on disk is never left invalid."""
+        info = {k: v for k, v in {**self.info, **fields}.items() if v is not None}
+        record = validate_run_info(info, self.path / "run.json")
+        io.write_json(self.path / "run.json", info)
+        self.info.clear()
+        self.info.update(info)
+        self.record = record
 
     def records(self, split: str | None = None) -> list[Record]:
         return [r for r in read_split_csv(self.path / "split.csv") if split is None or r.split == split]

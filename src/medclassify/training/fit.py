@@ -19,24 +19,25 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import __version__
+from ..version import __version__
 from ..config import TrainConfig
 from ..data.prepare import PreparedData, prepare
 from ..data.transforms import augment, get_preset
 from ..errors import ConfigError, RunError
-from ..evaluation.metrics import compute_metrics
-from ..inference.cached import autocast_context, predict_rows
+from ..engine import Net, predict_rows
 from ..io import read_json_object, write_csv, write_json
 from ..models import create_model, get_spec
 from ..reporting import Reporter
+from ..runtime import autocast_context, choose_amp_dtype
 from ..run import FORMAT_VERSION, RunWriter, load_run, read_split_csv, save_weights, write_split_csv
 from .callbacks import BestCheckpoint, EarlyStopping, History, WeightAverage
 from .checkpoint import (check_resumable, config_snapshot, load_checkpoint, load_optimizer_state, optimizer_state,
                          prefixed, restore_rng, rng_state, save_checkpoint, unprefixed)
 from .freeze import freeze_stages, keep_frozen_eval, stage_modules
 from .imbalance import class_weights, epoch_order
-from .precision import choose_amp_dtype
+from .metrics import compute_metrics
 from .schedule import lr_multiplier
+from .validation import choose_tta
 
 DEFAULT_FREEZE = 2  # stem and first stages of a pretrained backbone: 1.4x faster steps (benchmarks/accuracy.py)
 CALIBRATION_STEPS = 6  # steps timed (after 2 warm-up steps) to size epochs to the time budget
@@ -236,8 +237,8 @@ class Trainer:
                         calibrated = True
             train_s = time.perf_counter() - t_epoch
             shipped = ema.module if ema else model
-            val_probs, val_logits = predict_rows(shipped, self.data.cache.images, self.val_rows, self.prep,
-                                                 device=self.device, amp_dtype=amp)
+            val_probs, val_logits = predict_rows(Net(shipped, device=self.device, amp_dtype=amp), self.data.cache.images,
+                                                 self.val_rows, self.prep)
             val = compute_metrics(self.val_labels, val_probs, self.classes)
             val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(self.val_labels)))
             improved = best.update(shipped, epoch, val)
@@ -383,8 +384,6 @@ def sigterm_as_exit():
 
 
 def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter) -> TrainResult:
-    from ..evaluation.evaluate import choose_tta
-
     if writer.resuming:
         check_resumable(writer.path, config_snapshot(config.model_dump()))  # before the long preparation
     t0 = time.perf_counter()
