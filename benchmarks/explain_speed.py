@@ -85,7 +85,7 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from medclassify.evaluation.report import build_report
+    from medclassify.reports.report import build_report
     from medclassify.explain import GradCAM, Lime
     from medclassify.inference.predictor import Predictor
     from medclassify.run import load_run

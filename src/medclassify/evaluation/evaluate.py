@@ -168,4 +168,18 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
     return metrics
 
 
+def saved_metrics(run: Run, split: str) -> dict | None:
+    """Saved metrics that are complete and current (same weights, same calibration) — reused so a
+    report right after `evaluate` does not run the model twice."""
+    m = run.metrics(split)
+    path = run.path / "metrics" / f"{split}.json"
+    if not m or "ci" not in m or "logits" not in m.get("predictions", {}) or "ci_methods" not in m:
+        return None
+    if path.stat().st_mtime < (run.path / "model.safetensors").stat().st_mtime:
+        return None
+    if abs(m.get("temperature", 1.0) - run.temperature) > 1e-9:
+        return None
+    return m
+
+
 evaluate_records = score_records  # the name older callers use

@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from ..cascade import Cascade
 from ..data.formats import UnreadableImage
-from ..inference.cascade import Cascade
+from ..explain import GradCAM
+from ..explain.overlay import blend
 from ..inference.predictor import DEFAULT_ABSTAIN_BELOW, Predictor
 from .uploads import Upload
 
@@ -24,12 +27,7 @@ class ExplainUnavailable(Exception):
 
 
 def explain_available() -> bool:
-    try:
-        from ..explain import GradCAM  # noqa: F401
-        from ..explain.overlay import blend  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return True  # the explain layer ships with the package; kept for the clients that ask
 
 
 def _metric_summary(metrics: dict | None) -> dict | None:
@@ -130,11 +128,6 @@ class ServedModel:
         sees it; returns (PNG bytes, class, probability)."""
         if not self.can_explain:
             raise ExplainUnavailable()
-        from PIL import Image
-
-        from ..explain import GradCAM
-        from ..explain.overlay import blend
-
         predictor = self.predictor
         if predictor is None:
             last = self.cascade.predict_file(upload.path, upload.data).steps[-1].stage
@@ -142,7 +135,7 @@ class ServedModel:
         image = decode_upload(predictor, upload)
         probs = predictor.probabilities(image[None])[0]
         target = int(np.argmax(probs))
-        expl = GradCAM(predictor.model, predictor.prep).explain(image, target)
+        expl = GradCAM.for_run(predictor.run, predictor=predictor).explain(image, target)
         buf = io.BytesIO()
         Image.fromarray(blend(expl.image, expl.heatmap)).save(buf, format="PNG")
         return buf.getvalue(), predictor.classes[target], float(probs[target])
