@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "src" / "medclassify"
 PACKAGE = "medclassify"
 LAYERS = [
-    {"errors", "io", "config", "reporting", "version", "runtime", "pages"},
+    {"errors", "io", "config", "reporting", "version", "runtime", "pages", "presets"},
     {"data"},
     # the run record builds its model, and the one forward pass (engine) runs a model or an ONNX
     # session: both sit below training, which writes runs and validates through the engine
@@ -34,8 +34,8 @@ LAYERS = [
 ]
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT.parent).with_suffix("")
+def module_name(path: Path, root: Path = ROOT) -> str:
+    rel = path.relative_to(root.parent).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
@@ -70,7 +70,7 @@ def resolve(module: str, is_pkg: bool, node: ast.ImportFrom | ast.Import) -> lis
 def collect(root: Path = ROOT):
     modules: dict[str, Path] = {}
     for path in sorted(root.rglob("*.py")):
-        modules[module_name(path)] = path
+        modules[module_name(path, root)] = path
     imports: dict[str, set[str]] = {}
     nested: dict[str, int] = {}
     functions: list[tuple[int, str]] = []
