@@ -7,7 +7,7 @@ from typing import List
 
 import typer
 
-from ..cli import _print, _reporter, app
+from .common import _print, _reporter, app
 
 
 @app.command()

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ..cli import _print, _reporter, app
+from .common import _print, _reporter, app
 
 
 @app.command()

@@ -423,16 +423,15 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
         write_csv(writer.path / "skipped.csv", ["path", "reason"], data.skipped.items())
     write_json(writer.path / "run.json", info)
     result = trainer.run(writer)
-    info.pop("interrupted")
-    info.update({
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "timings": {"prepare_s": round(prep_s, 1), "cache_hit": data.cache.hit,
-                    "cache_build_s": round(data.cache.build_seconds, 1), "train_s": round(result.train_seconds, 1)},
-        "warnings": [m for lvl, m in reporter.messages if lvl == "warning"],
-    })
-    write_json(writer.path / "run.json", info)
     run = load_run(writer.path)
+    run.update(
+        interrupted=None,
+        best_epoch=result.best_epoch,
+        epochs_run=result.epochs_run,
+        timings={"prepare_s": round(prep_s, 1), "cache_hit": data.cache.hit,
+                 "cache_build_s": round(data.cache.build_seconds, 1), "train_s": round(result.train_seconds, 1)},
+        warnings=[m for lvl, m in reporter.messages if lvl == "warning"],
+    )
     # Decided here, once, on validation, so every later use of the run (evaluate, predict, serve) agrees;
     # the validation metrics of the chosen variant are saved as metrics/val.json.
     choose_tta(run, reporter, cache=data.cache)
