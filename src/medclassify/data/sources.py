@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import ConfigError, DataError
 from .images import IMAGE_EXTENSIONS, storage_path
 from .listing import entry_problem, folder_problem, list_entries, sort_walk, walk_files
+from .patients import PRESETS
 
 SPLITS = ("train", "val", "test")
 # Folder names users download, mapped to our three split names (matched case-insensitively).
@@ -366,8 +367,6 @@ def patient_from_match(m: re.Match | None) -> str | None:
 
 
 def compile_patient_pattern(pattern: str) -> re.Pattern:
-    from .patients import PRESETS
-
     pattern = PRESETS.get(pattern, pattern)
     try:
         rx = re.compile(pattern)

@@ -17,6 +17,7 @@ from ..run import Run, load_run
 from .alarms import metric_warnings
 from .evaluate import evaluate, saved_metrics
 from .intervals import format_p
+from .figures import PALETTE, _figure, png
 
 LEADERBOARD = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity")
 
@@ -202,7 +203,6 @@ def roc_overlay(result: dict) -> bytes:
     """Every run's ROC curve on one plot (binary: the positive class; multiclass: one panel per class)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from .figures import PALETTE, _figure, png
 
     y = np.asarray(result["scores"]["labels"])
     classes = result["classes"]

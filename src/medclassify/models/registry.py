@@ -15,6 +15,7 @@ from typing import Callable
 import torch.nn as nn
 
 from ..errors import ConfigError
+from .weights import load_local_weights
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,5 @@ def create_model(
     model = spec.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, drop_rate=drop_rate)
     init_classifier(model)
     if weights:
-        from .weights import load_local_weights
-
         load_local_weights(model, weights)
     return model

@@ -18,6 +18,9 @@ from ..data.sources import Record, attach_patients, scan_folder
 from ..data.splits import carve, group_kfold
 from ..reporting import Reporter
 from ..run import write_split_csv
+from ..io import check_replaceable_dir, is_medclassify_dir, write_json
+from ..run import load_run
+from .fit import train
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
 
@@ -41,10 +44,6 @@ def fold_records(config: TrainConfig, k: int, reporter: Reporter) -> list[list[R
 
 def cross_validate(config: TrainConfig, k: int, reporter: Reporter | None = None, overwrite: bool = False,
                    resume: bool = False) -> dict:
-    from ..io import check_replaceable_dir, is_medclassify_dir, write_json
-    from ..run import load_run
-    from .fit import train
-
     reporter = reporter or Reporter()
     out = Path(config.out)
     if not (resume and out.is_dir() and is_medclassify_dir(out)):
