@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .dicom import read_dicom
+from . import dicom  # called as dicom.read_dicom (tests replace it)
 from .formats import EXTENSIONS as IMAGE_EXTENSIONS, MAX_PIXELS, UnreadableImage, check_pixels, is_candidate, os_error_reason, read_header
 from .npz import read_npz_image
 from .pixels import NPZ_SEPARATOR
@@ -106,7 +106,7 @@ def decode(path: Path | str, draft_size: int | None = None, data: bytes | None =
     header = read_header(path, data)
     check_pixels(header, path)
     if header.format == "DICOM":
-        return read_dicom(path, data)
+        return dicom.read_dicom(path, data)
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         img = _open_pil(path, draft_size, data)

@@ -20,7 +20,7 @@ from ..reporting import Reporter
 from ..run import write_split_csv
 from ..io import check_replaceable_dir, is_medclassify_dir, write_json
 from ..run import load_run
-from .fit import train
+from . import fit  # called as fit.train, which tests replace
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
 
@@ -62,7 +62,7 @@ def cross_validate(config: TrainConfig, k: int, reporter: Reporter | None = None
             continue
         reporter.info(f"Fold {f + 1}/{k}: {sum(r.split == 'train' for r in records)} train, "
                       f"{sum(r.split == 'val' for r in records)} validation images.")
-        result = train(config.model_copy(update={"data": str(csv_path), "out": str(fold_out)}),
+        result = fit.train(config.model_copy(update={"data": str(csv_path), "out": str(fold_out)}),
                        reporter=reporter, overwrite=overwrite, resume=resume)
         per_fold.append({"fold": f, "run": str(result.run_dir), "best_epoch": result.best_epoch,
                          **{m: result.val_metrics.get(m) for m in SUMMARY_METRICS}})
