@@ -143,7 +143,7 @@ def _settings(run: Run) -> dict:
     flat["start weights"] = (f"file {Path(c['weights']).name}" if c.get("weights") else run.info.get("pretrained", "none"))
     flat["epochs run"] = run.info.get("epochs_run")
     flat["best epoch"] = run.info.get("best_epoch")
-    flat["test-time augmentation"] = "on" if (run.info.get("tta") or {}).get("enabled") else "off"
+    flat["test-time augmentation"] = "on" if run.tta else "off"
     cal = run.info.get("calibration")
     flat["calibration"] = f"temperature {cal['temperature']:.3f}" if cal else "not fitted"
     return flat
