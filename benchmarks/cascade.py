@@ -25,7 +25,7 @@ def main() -> int:
     if not (SHARED / "alzheimer_mri").is_dir() or not (SHARED / "brain_tumor_mri").is_dir():
         print(f"SKIP: alzheimer_mri / brain_tumor_mri not found under {SHARED}.")
         return 0
-    from medclassify.inference.cascade import cascade_summary, evaluate_cascade, read_cascade, train_cascade
+    from medclassify.cascade import cascade_summary, evaluate_cascade, read_cascade, train_cascade
     from medclassify.reporting import Reporter
 
     if args.train:

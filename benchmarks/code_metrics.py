@@ -18,12 +18,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "src" / "medclassify"
 PACKAGE = "medclassify"
 LAYERS = [
-    {"errors", "io", "config", "reporting", "version", "runtime"},
+    {"errors", "io", "config", "reporting", "version", "runtime", "pages", "presets"},
     {"data"},
-    {"models", "run"},  # the run record builds its model, and training writes runs
+    # the run record builds its model, and the one forward pass (engine) runs a model or an ONNX
+    # session: both sit below training, which writes runs and validates through the engine
+    {"models", "run", "engine"},
     {"training"},
     {"evaluation"},
-    {"inference", "engine"},
+    {"inference"},
     {"explain"},
     {"cascade"},
     {"reports"},
@@ -32,8 +34,8 @@ LAYERS = [
 ]
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT.parent).with_suffix("")
+def module_name(path: Path, root: Path = ROOT) -> str:
+    rel = path.relative_to(root.parent).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
@@ -60,16 +62,15 @@ def resolve(module: str, is_pkg: bool, node: ast.ImportFrom | ast.Import) -> lis
         target = ".".join(base + ([node.module] if node.module else []))
     else:
         target = node.module or ""
-    out = [target]
-    # `from . import x` / `from .pkg import mod`: the names may be submodules
-    out += [f"{target}.{a.name}" for a in node.names]
-    return out
+    # `from . import x` / `from .pkg import mod`: the names may be submodules; the package itself is
+    # a dependency only for the names that are not (a submodule's import runs its package anyway)
+    return [target] + [f"{target}.{a.name}" for a in node.names]
 
 
 def collect(root: Path = ROOT):
     modules: dict[str, Path] = {}
     for path in sorted(root.rglob("*.py")):
-        modules[module_name(path)] = path
+        modules[module_name(path, root)] = path
     imports: dict[str, set[str]] = {}
     nested: dict[str, int] = {}
     functions: list[tuple[int, str]] = []
@@ -82,7 +83,10 @@ def collect(root: Path = ROOT):
         deps: set[str] = set()
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                for t in resolve(mod, is_pkg, node):
+                targets = resolve(mod, is_pkg, node)
+                if isinstance(node, ast.ImportFrom) and all(t in modules for t in targets[1:]):
+                    targets = targets[1:]
+                for t in targets:
                     if t in modules:
                         deps.add(t)
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):

@@ -1,6 +1,6 @@
 """Explanation and report speed for efficientnet_lite0 at 224 px on the chest X-ray data.
 
-    python benchmarks/explain_speed.py [--run RUN] [--images 20] [--lime-images 2] [--threads N]
+    python benchmarks/explain_speed.py [--run RUN] [--images 20] [--lime-images 2] [--threads N] [--lime-only]
 
 Targets (2 CPU cores): Grad-CAM <= 150 ms per image, LIME <= 15 s per image at 1,000 samples, the
 full report for the 624-image test set <= 60 s.
@@ -12,7 +12,11 @@ needed. With --run (e.g. a trained chest_xray run), that run is timed instead. T
 twice: with a cold image cache (decoding every JPEG) and warm; both re-evaluate the model (--fresh).
 --threads sets torch's intra-op threads (default: torch's choice, one per core). On a shared,
 oversubscribed machine one thread can be much faster than two (threads wait for each other), so the
-figures of both are worth recording. Writes benchmarks/results/explain_speed[-threadsN].json."""
+figures of both are worth recording. Writes benchmarks/results/explain_speed[-threadsN].json.
+
+--lime-only times only LIME per image, through PyTorch and through ONNX Runtime (the run is exported
+first; `medclassify explain --method lime` takes the ONNX path on an exported run), and writes
+benchmarks/results/explain_speed-lime.json."""
 
 from __future__ import annotations
 
@@ -69,6 +73,37 @@ def assemble_run(out: Path, size: int = 224, n_val: int = 300, seed: int = 0) ->
     return out
 
 
+def lime_comparison(run_dir: Path, images: list, args) -> dict:
+    """LIME per image with its forward passes through PyTorch, then through ONNX Runtime (the run is
+    exported first), both with the run's TTA choice and temperature (Explainer.for_run)."""
+    from medclassify.explain import Lime
+    from medclassify.inference.export import export_onnx
+    from medclassify.inference.predictor import Predictor
+
+    def timed(lime) -> dict:
+        lime.explain(images[0])  # warm-up (allocator, ONNX Runtime's first run)
+        wall, cpu = [], []
+        for img in images[: args.lime_images]:
+            t, c = time.perf_counter(), time.process_time()
+            lime.explain(img)
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+        return {"samples": args.lime_samples, "mean": float(np.mean(wall)), "each": wall,
+                "cpu_seconds_mean": float(np.mean(cpu)), "tta": lime.tta, "target": 15}
+
+    torch_lime = Lime.for_run(run_dir, predictor=Predictor(run_dir, backend="torch"), samples=args.lime_samples)
+    out = {"lime_s": {**timed(torch_lime), "bf16": torch_lime.bf16}}
+    print(f"LIME ({args.lime_samples} samples, PyTorch, bf16 {torch_lime.bf16}): {out['lime_s']['mean']:.2f} s per image "
+          f"({out['lime_s']['cpu_seconds_mean']:.2f} CPU-seconds)")
+    export_onnx(run_dir)
+    onnx_lime = Lime.for_run(run_dir, samples=args.lime_samples)  # what `medclassify explain --method lime` builds
+    backend = onnx_lime.onnx.backend if onnx_lime.onnx is not None else "torch"
+    out["lime_onnx_s"] = {**timed(onnx_lime), "backend": backend}
+    print(f"LIME ({args.lime_samples} samples, {backend}): {out['lime_onnx_s']['mean']:.2f} s per image "
+          f"({out['lime_onnx_s']['cpu_seconds_mean']:.2f} CPU-seconds)")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=None)
@@ -76,6 +111,7 @@ def main() -> int:
     ap.add_argument("--lime-images", type=int, default=2)
     ap.add_argument("--lime-samples", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--lime-only", action="store_true")
     args = ap.parse_args()
     if args.run is None and not DATA.is_dir():
         print(f"skipped: {DATA} is absent")
@@ -85,8 +121,8 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from medclassify.evaluation.report import build_report
-    from medclassify.explain import GradCAM, Lime
+    from medclassify.reports.report import build_report
+    from medclassify.explain import GradCAM
     from medclassify.inference.predictor import Predictor
     from medclassify.run import load_run
 
@@ -99,6 +135,12 @@ def main() -> int:
     images = [predictor.load(p) for p in test[: args.images]]
     result = {"run": str(run_dir), "model": run.model_name, "image_size": run.preprocessing.image_size,
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()}
+    if args.lime_only:
+        result.update(lime_comparison(run_dir, images, args), load_avg_end=os.getloadavg())
+        out = ROOT / "benchmarks" / "results" / "explain_speed-lime.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        return 0
 
     cam = GradCAM(predictor.model, predictor.prep)
     cam.explain(images[0])  # warm-up (target-layer search, allocator)
@@ -116,34 +158,7 @@ def main() -> int:
     print(f"Grad-CAM: mean {result['gradcam_ms']['mean']:.0f} ms, median {result['gradcam_ms']['median']:.0f} ms per image "
           f"({1000 * with_decode:.0f} ms with JPEG decoding); target <= 150 ms")
 
-    lime = Lime(predictor.model, predictor.prep, samples=args.lime_samples)
-    lime_times, lime_cpu = [], []
-    for img in images[: args.lime_images]:
-        t, c = time.perf_counter(), time.process_time()
-        lime.explain(img)
-        lime_times.append(time.perf_counter() - t)
-        lime_cpu.append(time.process_time() - c)
-    result["lime_s"] = {"samples": args.lime_samples, "mean": float(np.mean(lime_times)), "each": lime_times,
-                        "cpu_seconds_mean": float(np.mean(lime_cpu)), "bf16": lime.bf16, "target": 15}
-    print(f"LIME ({args.lime_samples} samples, bf16 {lime.bf16}): {np.mean(lime_times):.1f} s per image "
-          f"({np.mean(lime_cpu):.1f} CPU-seconds); target <= 15 s")
-
-    # The same LIME with its 1,000 forward passes through ONNX Runtime (what `medclassify explain`
-    # does once the run has been exported with `medclassify export RUN --format onnx`).
-    from medclassify.inference.export import export_onnx
-
-    export_onnx(run)
-    onnx_predictor = Predictor(load_run(run_dir))
-    lime_onnx = Lime(predictor.model, predictor.prep, samples=args.lime_samples)
-    lime_onnx.onnx = onnx_predictor if onnx_predictor.backend == "onnx" else None
-    onnx_times = []
-    for img in images[: args.lime_images]:
-        t = time.perf_counter()
-        lime_onnx.explain(img)
-        onnx_times.append(time.perf_counter() - t)
-    result["lime_onnx_s"] = {"samples": args.lime_samples, "mean": float(np.mean(onnx_times)), "each": onnx_times,
-                             "backend": onnx_predictor.backend, "target": 15}
-    print(f"LIME through ONNX Runtime ({onnx_predictor.backend}): {np.mean(onnx_times):.1f} s per image; target <= 15 s")
+    result.update(lime_comparison(run_dir, images, args))
 
     report_s = []
     for label in ("cold cache", "warm cache"):

@@ -14,7 +14,7 @@ Each function's help (`help(medclassify.train)`, Shift-Tab in Jupyter) lists its
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from .version import __version__
 
 if TYPE_CHECKING:  # what editors and type checkers see; at run time the names load on first use
     from .api import (RunHandle, UnknownOptionError, audit, compare, evaluate, explain, load_run, predict, report,  # noqa: F401

@@ -9,38 +9,11 @@ from typing import Optional
 
 import typer
 
-from . import __version__
+
 from .errors import MedClassifyError
 from .reporting import printable
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train, evaluate and use medical image classifiers from a folder of labelled images.")
-
-
-def _show_version(value: bool) -> None:
-    if value:
-        typer.echo(f"medclassify {__version__}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
-                                       help="Print the version and exit.")):
-    pass
-
-
-def _reporter(quiet: bool = False):
-    from .reporting import Reporter
-
-    return Reporter(quiet=quiet)
-
-
-def _print(*renderables) -> None:
-    from rich.console import Console
-
-    console = Console()
-    for r in renderables:
-        console.print(r)
+from .commands.common import _print, _reporter, app  # noqa: F401  (the app and helpers every command shares)
 
 
 @app.command()

@@ -67,7 +67,7 @@ class TrainConfig(BaseModel):
     @field_validator("augment")
     @classmethod
     def _augment(cls, v: str) -> str:
-        from .data.transforms import PRESETS
+        from .presets import PRESETS
 
         if v not in PRESETS:
             raise ValueError(f"unknown augmentation preset {v!r}; use one of: {', '.join(PRESETS)}")

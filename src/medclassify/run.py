@@ -27,6 +27,8 @@ from .data.preprocessing import Preprocessing
 from .data.sources import Record
 from . import io
 from .errors import RunError
+from .io import OutputError, check_replaceable_dir, commit_dir, remove_stale_partials, resolved, write_json, write_with
+from .models import create_model
 
 FORMAT_VERSION = 1
 DAMAGED = "run.json was edited or damaged: restore it from a backup, or train the run again."
@@ -99,7 +101,7 @@ def _schema_error(info_path: Path, e: ValidationError) -> RunError:
 @dataclass
 class Run:
     path: Path
-    info: dict[str, Any]  # the raw run.json (callers update and rewrite it)
+    info: dict[str, Any]  # the raw run.json; change it only through `update`
     record: RunRecord | None = None  # the validated view of `info` when it was loaded
 
     def __post_init__(self):
@@ -118,6 +120,27 @@ class Run:
     def model_name(self) -> str:
         return self.info["config"]["model"]
 
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature predict divides logits by (1 until evaluate fits one)."""
+        return self.record.calibration.temperature if self.record.calibration else 1.0
+
+    @property
+    def tta(self) -> bool:
+        """Whether flip test-time augmentation was chosen on the validation split (see training/tta.py)."""
+        return bool(self.record.tta and self.record.tta.enabled)
+
+    def update(self, **fields: Any) -> None:
+        """Record what a later verb adds (calibration, calibration_skipped, tta, operating_point,
+        exports, ...): a value of None removes the key. The result is validated against the schema
+        before run.json is rewritten (atomically), so a run on disk is never left invalid."""
+        info = {k: v for k, v in {**self.info, **fields}.items() if v is not None}
+        record = validate_run_info(info, self.path / "run.json")
+        io.write_json(self.path / "run.json", info)
+        self.info.clear()
+        self.info.update(info)
+        self.record = record
+
     def records(self, split: str | None = None) -> list[Record]:
         return [r for r in read_split_csv(self.path / "split.csv") if split is None or r.split == split]
 
@@ -125,7 +148,6 @@ class Run:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from .models import create_model
 
         model = create_model(self.model_name, len(self.classes), self.preprocessing.channels, pretrained="none",
                              drop_rate=self.info["config"].get("drop_rate", 0.0))
@@ -156,7 +178,7 @@ class Run:
             metrics.setdefault("data_warnings", self.info.get("audit", {}).get("warnings", []))
         (self.path / "metrics").mkdir(exist_ok=True)
         p = self.path / "metrics" / f"{split}.json"
-        _atomic_write(p, json.dumps(metrics, indent=2))
+        io.write_text(p, json.dumps(metrics, indent=2))
         return p
 
 
@@ -214,18 +236,9 @@ def read_split_csv(path: Path) -> list[Record]:
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    from .io import write_with
 
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     write_with(path, lambda tmp: save_file(sd, str(tmp), metadata=metadata))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    io.write_text(path, text)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    io.write_json(path, obj)
 
 
 CHECKPOINT = "checkpoint.json"  # the per-epoch checkpoint's commit point (see training/checkpoint.py)
@@ -296,7 +309,6 @@ class RunWriter:
                  protected: Iterable[str | Path] = ()):
         import socket
 
-        from .io import OutputError, check_replaceable_dir, remove_stale_partials, write_json
 
         self.final = Path(out)
         self.overwrite = overwrite
@@ -331,8 +343,6 @@ class RunWriter:
     def protect(self, inputs: Iterable[str]) -> None:
         """Refuse, before training, to replace an --out folder that holds any input file (a labels CSV
         or a YAML spec can name images anywhere)."""
-        from .io import OutputError, resolved
-
         if not (self.overwrite and self.final.is_dir()):
             return
         final = str(resolved(self.final))
@@ -349,8 +359,6 @@ class RunWriter:
     def commit(self) -> Path:
         """Move the finished run into place; an earlier run there (checked again: it must still be ours
         to replace) is removed only once the new one is in place."""
-        from .io import check_replaceable_dir, commit_dir
-
         check_replaceable_dir(self.final, self.overwrite, protected=self.protected)
         empty = self.final.is_dir() and not any(self.final.iterdir())
         commit_dir(self.path, self.final, replace=self.overwrite or empty)  # on failure the checkpoint stays resumable

@@ -95,7 +95,7 @@ RENDERED = [(True, True, True, "pretrained", "test"), (False, False, False, "scr
 
 @pytest.mark.parametrize("state", RENDERED, ids=lambda s: "-".join(map(str, s)))
 def test_report_claims_match_the_record(evaluated, state):
-    from medclassify.evaluation.report import render_report
+    from medclassify.reports.report import render_report
 
     run, metrics = evaluated
     info, m = _state(run.info, metrics, *state)

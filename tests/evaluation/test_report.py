@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medclassify.evaluation.report import build_report
+from medclassify.reports.report import build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -75,7 +75,7 @@ def test_report_renders_in_headless_chromium_without_console_errors(report, tmp_
 
 def test_threshold_that_does_not_carry_over_is_flagged():
     from medclassify import pages
-    from medclassify.evaluation.report import operating_point_view
+    from medclassify.reports.report import operating_point_view
 
     def _operating_point(metrics):
         view = operating_point_view(metrics)

@@ -150,3 +150,22 @@ def test_lime_runs_through_onnx_runtime_when_the_run_is_exported(run_copy):
     assert a.target == b.target
     assert np.allclose(a.probabilities, b.probabilities, atol=1e-4)
     assert np.allclose(a.heatmap, b.heatmap, atol=1e-3)
+
+
+def test_explain_command_path_runs_lime_through_onnx_runtime_on_an_exported_run(run_copy, tmp_path):
+    """`medclassify explain --method lime` (explain_files_detailed) takes the ONNX path once the run
+    is exported, and says so."""
+    from medclassify.explain.batch import explain_files_detailed
+    from medclassify.inference.export import export_onnx
+    from medclassify.reporting import Reporter
+    from medclassify.run import load_run
+
+    image = load_run(run_copy).records("test")[0].path
+    before = Reporter(quiet=True)
+    explain_files_detailed(run_copy, image, "lime", out=tmp_path / "a.png", reporter=before, samples=50)
+    assert not any("ONNX Runtime" in m for _, m in before.messages)
+    export_onnx(run_copy)
+    after = Reporter(quiet=True)
+    explain_files_detailed(run_copy, image, "lime", out=tmp_path / "b.png", reporter=after, samples=50)
+    assert any("ONNX Runtime" in m for _, m in after.messages)
+    assert (tmp_path / "b.png").is_file()

@@ -6,7 +6,7 @@ import pytest
 from medclassify.cli import main
 from medclassify.data.synthetic import generate_dataset
 from medclassify.errors import ConfigError
-from medclassify.inference.cascade import Cascade, read_cascade
+from medclassify.cascade import Cascade, read_cascade
 
 STAGES = """
 train: {model: seed_cnn, image_size: 32, epochs: 1, time_budget: off, batch_size: 16, augment: light, early_stopping: 0}
@@ -103,7 +103,7 @@ def test_bad_cascade_files_are_one_line_errors(cascade_file, edit, match, capsys
 
 
 def test_stage_mapping_with_an_unknown_label_is_caught_before_training(cascade_file):
-    from medclassify.inference.cascade import check_training_spec
+    from medclassify.cascade import check_training_spec
 
     bad = _variant(cascade_file, "bad_map.yaml",
                    cascade_file.read_text().replace("classes: [two, three]", "classes: [two, four]"))

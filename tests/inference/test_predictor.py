@@ -7,7 +7,7 @@ import torch
 
 from medclassify.data.cache import build_cache
 from medclassify.errors import ConfigError
-from medclassify.inference.cached import predict_rows
+from medclassify.engine import predict_rows
 from medclassify.inference.predictor import Predictor, aggregate_patients, parse_shard, take_shard
 from medclassify.run import load_run
 

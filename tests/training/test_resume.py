@@ -221,15 +221,15 @@ def test_a_run_goes_into_an_empty_folder_and_never_into_a_stranger_partial(tmp_p
 def test_interrupted_after_the_last_epoch_resumes_straight_to_the_finished_run(tiny_data, tmp_path, monkeypatch):
     """A kill between the last epoch's checkpoint and the run's commit loses nothing: --resume only
     finishes the run, from the checkpointed weights."""
-    from medclassify.evaluation import evaluate
+    from medclassify.training import fit
 
-    real = evaluate.choose_tta
-    monkeypatch.setattr(evaluate, "choose_tta", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    real = fit.choose_tta
+    monkeypatch.setattr(fit, "choose_tta", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     assert main(train_args(tiny_data, tmp_path / "r", epochs=2)) == 130
     saved = json.loads((tmp_path / ".r.partial" / "checkpoint.json").read_text())
     assert saved["epoch"] == 2 and saved["loop"]["finished"] is True
     weights = load_file(str(tmp_path / ".r.partial" / "last.safetensors"))
-    monkeypatch.setattr(evaluate, "choose_tta", real)
+    monkeypatch.setattr(fit, "choose_tta", real)
     monkeypatch.setattr("medclassify.training.fit.epoch_order", lambda *a, **k: pytest.fail("an epoch was trained again"))
     assert main(train_args(tiny_data, tmp_path / "r", epochs=2) + ["--resume"]) == 0
     resumed = load_file(str(tmp_path / "r" / "last.safetensors"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..cli import _reporter, app
+from .common import _reporter, app
 
 
 @app.command()

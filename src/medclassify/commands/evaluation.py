@@ -7,7 +7,7 @@ from typing import List
 
 import typer
 
-from ..cli import _print, _reporter, app
+from .common import _print, _reporter, app
 
 
 @app.command()
@@ -54,7 +54,7 @@ def report(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Write a self-contained report.html: figures with CIs, curves, calibration, errors with Grad-CAM."""
-    from ..evaluation.report import build_report
+    from ..reports.report import build_report
 
     path = build_report(run, split=split, out=out, reporter=_reporter(quiet), fresh=fresh)
     typer.echo(f"Report written to {path}")

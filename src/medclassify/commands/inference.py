@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ..cli import _print, _reporter, app
+from .common import _print, _reporter, app
 
 
 @app.command()
@@ -93,7 +93,7 @@ def train_cascade_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train every stage of a cascade on its slice of one combined dataset spec."""
-    from ..inference.cascade import train_cascade
+    from ..cascade import train_cascade
 
     runs = train_cascade(cascade, reporter=_reporter(quiet), overwrite=overwrite, only=stage)
     for name, path in runs.items():
@@ -109,7 +109,7 @@ def evaluate_cascade_cmd(
 ):
     """End-to-end accuracy and confusion matrix of a cascade over its final labels."""
     from ..evaluation.tables import metrics_table
-    from ..inference.cascade import cascade_metrics_path, cascade_summary, evaluate_cascade, save_cascade_metrics
+    from ..cascade import cascade_metrics_path, cascade_summary, evaluate_cascade, save_cascade_metrics
 
     cascade_metrics_path(cascade)  # checked before the evaluation, not after
     metrics = evaluate_cascade(cascade, data=data, split=split, reporter=_reporter(quiet))

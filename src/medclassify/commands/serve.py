@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app
+from .common import app
 
 
 @app.command()

@@ -20,6 +20,7 @@ from .cache import write_text_atomic
 from .fingerprints import Fingerprints, compute_fingerprints
 from .sources import DatasetIndex, Record, attach_patients, missing_classes, scan_folder
 from .splits import patient_overlap
+from .audit_html import write_html
 
 SCHEMA = "medclassify.audit"
 SCHEMA_VERSION = 1
@@ -300,8 +301,6 @@ def summary_lines(report: dict) -> list[str]:
 
 def write_audit(result: AuditResult, out: Path) -> list[str]:
     """audit.json and audit.html in `out`; returns the summary lines."""
-    from .audit_html import write_html
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines = summary_lines(result.report)

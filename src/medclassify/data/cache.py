@@ -20,6 +20,7 @@ import numpy as np
 
 from ..io import OutputError, atomic_dir, check_writable_folder, remove_stale_partials, write_json, write_text
 from .images import UnreadableImage, load_for_model
+from .images import storage_path
 
 CACHE_VERSION = 1
 
@@ -33,8 +34,6 @@ def cache_root() -> Path:
 
 def files_key(paths: Sequence[str], salt: str) -> str:
     """Key of a file list: every path with its size and mtime, so any changed file changes the key."""
-    from .images import storage_path
-
     h = hashlib.sha1(salt.encode())
     for p in paths:
         try:

@@ -20,7 +20,7 @@ from ..errors import DataError
 from .images import is_image_file
 from .listing import entry_problem
 from .patients import PRESETS
-from .sources import DatasetIndex, Record, check_usable
+from .sources import DatasetIndex, Record, check_usable, register_folder_reader
 
 CLASSES = ("all", "hem")
 # labels column: 1 = ALL (leukemic blast), 0 = hem (normal); the class names are accepted too.
@@ -132,3 +132,11 @@ def scan_cnmc(root: Path) -> DatasetIndex:
                          ignored, unlabelled, skipped=skipped)
     check_usable(index)
     return index
+
+
+def _read_if_cnmc(root: Path) -> DatasetIndex | None:
+    found = find_cnmc_root(root)
+    return scan_cnmc(found) if found is not None else None
+
+
+register_folder_reader(_read_if_cnmc)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from .sources import DatasetIndex, Record, check_usable
+from .sources import DatasetIndex, Record, check_usable, register_file_reader, scan_folder
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 
@@ -70,8 +70,6 @@ def compose(spec_path: Path | str, relabel: dict[str, str | None] | None = None)
     """Merge the spec's sources into one index. `relabel` maps the composed class names once more
     (cascade stages use it to turn final labels into a stage's classes; unlisted labels are dropped
     when it has no "*")."""
-    from .sources import scan_folder
-
     spec_path = Path(spec_path)
     doc = read_yaml(spec_path, "dataset spec")
     sources = doc.get("sources")
@@ -106,3 +104,6 @@ def compose(spec_path: Path | str, relabel: dict[str, str | None] | None = None)
     index = DatasetIndex(str(spec_path.resolve()), records, sorted({r.label for r in records}), layout, ignored)
     check_usable(index)
     return index
+
+
+register_file_reader((".yaml", ".yml"), compose)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .formats import UnreadableImage, os_error_reason
-from .images import _to_uint8
+from .pixels import to_uint8 as _to_uint8
 
 # Tags the pixel pipeline does arithmetic with: a value that is not a number is the file's fault.
 NUMERIC_TAGS = ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit",

@@ -14,7 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from . import dicom  # called as dicom.read_dicom (tests replace it)
 from .formats import EXTENSIONS as IMAGE_EXTENSIONS, MAX_PIXELS, UnreadableImage, check_pixels, is_candidate, os_error_reason, read_header
+from .npz import read_npz_image
+from .pixels import NPZ_SEPARATOR
+from .pixels import to_uint8 as _to_uint8
 
 # EXIF orientations that swap width and height (rotations by 90 or 270 degrees, transposes).
 SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
@@ -22,7 +26,6 @@ SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 RESIZE_MODES = ("pad", "squash")
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # Images inside a MedMNIST .npz are addressed as "<file.npz>::<split>::<row>".
-NPZ_SEPARATOR = "::"
 # Channels whose values differ by at most this are treated as one grey channel (JPEG chroma noise).
 GRAY_TOLERANCE = 3
 
@@ -37,18 +40,6 @@ class ImageInfo:
 
 def is_image_file(path: Path) -> bool:
     return is_candidate(path)
-
-
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale 16-bit or float pixel data to 0..255 by its own range (not by the nominal bit depth,
-    which would leave 12-bit scans nearly black)."""
-    if arr.dtype == np.uint8:
-        return arr
-    arr = arr.astype(np.float32)
-    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-    if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:
@@ -110,16 +101,12 @@ def decode(path: Path | str, draft_size: int | None = None, data: bytes | None =
     The content decides the format (formats.read_header), and the pixel limit is checked on the
     header (rows x columns x frames) before anything is decoded."""
     if NPZ_SEPARATOR in str(path) and data is None:
-        from .medmnist import read_npz_image
-
         return read_npz_image(str(path))
     path = Path(path)
     header = read_header(path, data)
     check_pixels(header, path)
     if header.format == "DICOM":
-        from .dicom import read_dicom
-
-        return read_dicom(path, data)
+        return dicom.read_dicom(path, data)
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         img = _open_pil(path, draft_size, data)

@@ -6,40 +6,13 @@ cache, the audit, splits and run files work on .npz datasets as on folders, with
 from __future__ import annotations
 
 import zipfile
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
-from .images import NPZ_SEPARATOR, UnreadableImage
-from .sources import SPLITS, DatasetIndex, Record, check_usable
-
-
-def virtual_path(npz: Path | str, split: str, row: int) -> str:
-    return f"{npz}{NPZ_SEPARATOR}{split}{NPZ_SEPARATOR}{row}"
-
-
-@lru_cache(maxsize=4)
-def _images(npz: str, split: str, mtime_ns: int) -> np.ndarray:
-    with np.load(npz, allow_pickle=False) as f:
-        return f[f"{split}_images"]
-
-
-def read_npz_image(path: str) -> np.ndarray:
-    try:
-        npz, split, row = path.split(NPZ_SEPARATOR)
-        images = _images(npz, split, Path(npz).stat().st_mtime_ns)
-        arr = images[int(row)]
-    except (ValueError, KeyError, IndexError, OSError, zipfile.BadZipFile) as e:
-        raise UnreadableImage(path, f"cannot read this image of a MedMNIST .npz ({type(e).__name__}: {e})") from None
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.dtype != np.uint8:
-        from .images import _to_uint8
-
-        arr = _to_uint8(arr)
-    return np.ascontiguousarray(arr)
+from .npz import read_npz_image, virtual_path  # noqa: F401  (read_npz_image: for older callers)
+from .sources import SPLITS, DatasetIndex, Record, check_usable, register_file_reader
 
 
 def _not_medmnist(path: Path, why: str) -> DataError:
@@ -98,3 +71,6 @@ def scan_npz(path: Path | str) -> DatasetIndex:
     index = DatasetIndex(str(path), records, sorted({r.label for r in records}), "npz")
     check_usable(index)
     return index
+
+
+register_file_reader((".npz",), scan_npz)

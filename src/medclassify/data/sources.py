@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import difflib
 import re
+from typing import Callable
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from ..errors import ConfigError, DataError
 from .images import IMAGE_EXTENSIONS, storage_path
 from .listing import entry_problem, folder_problem, list_entries, sort_walk, walk_files
+from .patients import PRESETS
 
 SPLITS = ("train", "val", "test")
 # Folder names users download, mapped to our three split names (matched case-insensitively).
@@ -159,6 +161,21 @@ def _named_split_dirs(root: Path, subdirs: list[Path], splits: dict[str, str]) -
     return chosen
 
 
+# Readers of other dataset layouts register themselves (compose: .yaml/.yml specs, medmnist: .npz,
+# cnmc: its folder layout) and data/__init__ imports them, so this module never imports its readers.
+FILE_READERS: dict[str, Callable[[Path], DatasetIndex]] = {}
+FOLDER_READERS: list[Callable[[Path], DatasetIndex | None]] = []
+
+
+def register_file_reader(suffixes: tuple[str, ...], reader: Callable[[Path], DatasetIndex]) -> None:
+    FILE_READERS.update({s: reader for s in suffixes})
+
+
+def register_folder_reader(reader: Callable[[Path], DatasetIndex | None]) -> None:
+    """`reader(root)` returns the index when it recognises the folder's layout, else None."""
+    FOLDER_READERS.append(reader)
+
+
 def scan_folder(root: Path | str, splits: str | dict | None = None) -> DatasetIndex:
     """The labelled images of a dataset. `splits` names which top-level folder is which split
     ('train=Training,test=External'); without it, folders named like splits are recognised."""
@@ -173,20 +190,13 @@ def scan_folder(root: Path | str, splits: str | dict | None = None) -> DatasetIn
             raise ConfigError(f"--splits applies to a dataset folder, and {root} is a file.", "leave --splits out, or give the split column / folders in the file.")
         if root.suffix.lower() == ".csv":
             return read_labels_csv(root)
-        if root.suffix.lower() in (".yaml", ".yml"):
-            from .compose import compose
-
-            return compose(root)
-        if root.suffix.lower() == ".npz":
-            from .medmnist import scan_npz
-
-            return scan_npz(root)
+        if root.suffix.lower() in FILE_READERS:
+            return FILE_READERS[root.suffix.lower()](root)
         raise DataError(f"{root} is a file, not a dataset folder.", "pass a folder with one sub-folder per class, a labels CSV or a dataset spec YAML.")
-    from .cnmc import find_cnmc_root, scan_cnmc
-
-    cnmc = find_cnmc_root(root) if not named else None
-    if cnmc is not None:
-        return scan_cnmc(cnmc)
+    for reader in FOLDER_READERS if not named else ():
+        index = reader(root)
+        if index is not None:
+            return index
     subdirs, skipped = _top_folders(root.absolute())  # skipped paths absolute, links unresolved
     split_dirs = _named_split_dirs(root, subdirs, named) if named else {d: _split_of(d.name) for d in subdirs}
     left_out: list[str] = []
@@ -357,8 +367,6 @@ def patient_from_match(m: re.Match | None) -> str | None:
 
 
 def compile_patient_pattern(pattern: str) -> re.Pattern:
-    from .patients import PRESETS
-
     pattern = PRESETS.get(pattern, pattern)
     try:
         rx = re.compile(pattern)

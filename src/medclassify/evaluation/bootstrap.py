@@ -9,6 +9,8 @@ compute all B resamples at once (1,000 resamples of 624 images take a few millis
 from __future__ import annotations
 
 import numpy as np
+from .intervals import bca_interval, proportion_cis
+from .intervals import proportion_ci
 
 CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "qwk")
 
@@ -128,8 +130,6 @@ def confidence_intervals(y, probs, n_boot: int = 1000, seed: int = 0, level: flo
     'precision/<i>', 'f1/<i>'. method 'auto': exact Clopper-Pearson for proportions, stratified
     bootstrap BCa (percentile fallback, see intervals.py) for the rest; 'percentile': the plain
     percentile bootstrap for everything (kept to show, in benchmarks, why it is not used)."""
-    from .intervals import bca_interval, proportion_cis
-
     if n_boot < 1:
         raise ValueError("n_boot must be positive")
     y = np.asarray(y, dtype=np.int64)
@@ -183,8 +183,6 @@ def confidence_intervals(y, probs, n_boot: int = 1000, seed: int = 0, level: flo
 def _balanced_accuracy_exact(cm: np.ndarray, level: float) -> tuple[float, float]:
     """Mean of the classes' exact recall intervals, each at level 1 - (1 - level) / k (Bonferroni):
     covers the balanced accuracy with at least `level` probability, whatever the model predicts."""
-    from .intervals import proportion_ci
-
     rows = [c for c in range(cm.shape[0]) if cm[c].sum() > 0]
     per_class = [proportion_ci(cm[c, c], cm[c].sum(), 1 - (1 - level) / len(rows)) for c in rows]
     return float(np.mean([lo for lo, _ in per_class])), float(np.mean([hi for _, hi in per_class]))

@@ -5,14 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..run import Run, write_json
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+from ..engine import softmax  # noqa: F401  (the one softmax; re-exported for callers of this module)
+from ..run import Run
 
 
 def reliability(y, probs, n_bins: int = 10) -> dict:
@@ -62,11 +56,6 @@ def fit_temperature(logits, y) -> float:
 
 def save_temperature(run: Run, temperature: float, fitted_on: str, n: int, ece_before: float, ece_after: float) -> None:
     """Store the temperature in run.json (atomically): predict divides logits by it."""
-    run.info["calibration"] = {"temperature": round(float(temperature), 6), "fitted_on": fitted_on, "n": int(n),
-                               "ece_before": round(ece_before, 6), "ece_after": round(ece_after, 6)}
-    run.info.pop("calibration_skipped", None)
-    write_json(run.path / "run.json", run.info)
-
-
-def run_temperature(run: Run) -> float:
-    return float(run.info.get("calibration", {}).get("temperature", 1.0))
+    run.update(calibration={"temperature": round(float(temperature), 6), "fitted_on": fitted_on, "n": int(n),
+                            "ece_before": round(ece_before, 6), "ece_after": round(ece_after, 6)},
+               calibration_skipped=None)

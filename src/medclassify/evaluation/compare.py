@@ -15,7 +15,9 @@ from ..io import write_text
 from ..reporting import Reporter
 from ..run import Run, load_run
 from .alarms import metric_warnings
+from .evaluate import evaluate, saved_metrics
 from .intervals import format_p
+from .figures import PALETTE, _figure, png
 
 LEADERBOARD = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity")
 
@@ -106,8 +108,6 @@ def _aligned(metrics: list[dict], names: list[str]) -> tuple[np.ndarray, list[np
 def compare_runs(runs: list[str | Path | Run], split: str = "test", reporter: Reporter | None = None,
                  n_boot: int = 1000, seed: int = 0) -> dict:
     """Leaderboard (sorted by balanced accuracy) and pairwise tests of runs on the same split."""
-    from .evaluate import evaluate
-    from .report import _saved_metrics
 
     if len(runs) < 2:
         raise RunError("compare needs at least two runs.", "pass two or more run directories.")
@@ -117,7 +117,7 @@ def compare_runs(runs: list[str | Path | Run], split: str = "test", reporter: Re
     names = [r.path.name for r in loaded]
     if len(set(names)) < len(names):  # same folder name under different parents
         names = [str(r.path) for r in loaded]
-    metrics = [_saved_metrics(r, split) or evaluate(r, split=split, reporter=reporter, n_boot=n_boot, seed=seed)
+    metrics = [saved_metrics(r, split) or evaluate(r, split=split, reporter=reporter, n_boot=n_boot, seed=seed)
                for r in loaded]
     y, probs = _aligned(metrics, names)
     board = [{"run": name, "model": r.model_name, "n": m["n"], **{k: m.get(k) for k in LEADERBOARD},
@@ -143,7 +143,7 @@ def _settings(run: Run) -> dict:
     flat["start weights"] = (f"file {Path(c['weights']).name}" if c.get("weights") else run.info.get("pretrained", "none"))
     flat["epochs run"] = run.info.get("epochs_run")
     flat["best epoch"] = run.info.get("best_epoch")
-    flat["test-time augmentation"] = "on" if (run.info.get("tta") or {}).get("enabled") else "off"
+    flat["test-time augmentation"] = "on" if run.tta else "off"
     cal = run.info.get("calibration")
     flat["calibration"] = f"temperature {cal['temperature']:.3f}" if cal else "not fitted"
     return flat
@@ -203,7 +203,6 @@ def roc_overlay(result: dict) -> bytes:
     """Every run's ROC curve on one plot (binary: the positive class; multiclass: one panel per class)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from .figures import PALETTE, _figure, png
 
     y = np.asarray(result["scores"]["labels"])
     classes = result["classes"]

@@ -1,63 +1,26 @@
-"""Evaluating a run on one of its splits or on any labelled folder."""
+"""Evaluating a run on one of its splits or on any labelled folder. The scoring itself
+(score_records, through engine.py) and the TTA choice live in training/validation.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..data.cache import ImageCache
-from ..data.prepare import load_cache
-from ..data.sources import Record, scan_folder
-from ..errors import ConfigError, DataError, RunError
+from ..data.sources import scan_folder
+from ..errors import ConfigError, RunError
 from ..io import check_output_file, check_writable_folder
-from ..inference.cached import predict_rows
 from ..reporting import Reporter
-from ..run import Run, load_run, write_json
+from ..engine import softmax
+from ..run import Run, load_run
 from ..training.tracking import run_tracker
+from ..training.validation import choose_tta, score_records
 from .alarms import metric_warnings
 from .bootstrap import attach_cis
 from .intervals import proportion_cis
-from .calibration import (expected_calibration_error, fit_temperature, reliability, run_temperature, save_temperature,
-                          softmax)
-from .metrics import compute_metrics
+from .calibration import expected_calibration_error, fit_temperature, reliability, save_temperature
 from .narrative import facts
 from .threshold import check_target, choose_threshold, operating_point
-
-
-def evaluate_records(run: Run, records: list[Record], cache: ImageCache | None = None, reporter: Reporter | None = None,
-                     model: torch.nn.Module | None = None, tta: bool | None = None) -> dict:
-    """Metrics of the run on `records`; `tta` None means the run's own choice (see choose_tta)."""
-    from ..inference.predictor import run_tta
-
-    reporter = reporter or Reporter(quiet=True)
-    tta = run_tta(run) if tta is None else tta
-    if not records:
-        raise DataError("There are no images to evaluate.", "pass a split that has images, or --data FOLDER.")
-    index = {c: i for i, c in enumerate(run.classes)}
-    unknown = sorted({r.label for r in records} - set(index))
-    if unknown:
-        raise DataError(f"Labels {', '.join(unknown)} are not classes of run {run.path} ({', '.join(run.classes)}).",
-                        "evaluate on data with the run's classes (folder names must match).")
-    prep = run.preprocessing
-    cache = cache or load_cache(records, prep, reporter)
-    readable = [r for r in records if r.path not in cache.errors]
-    if len(readable) < len(records):
-        reporter.warn(f"{len(records) - len(readable)} unreadable image(s) left out of the evaluation.")
-    model = model or run.build_model()
-    _, logits = predict_rows(model, cache.images, cache.rows([r.path for r in readable]), prep, tta=tta)
-    # Probabilities as predict gives them: with the run's calibration temperature (1 until fitted).
-    temperature = run_temperature(run)
-    probs = softmax(logits, temperature)
-    y = np.array([index[r.label] for r in readable])
-    metrics = compute_metrics(y, probs, run.classes)
-    metrics["unreadable"] = len(records) - len(readable)
-    metrics["temperature"] = temperature
-    metrics["tta"] = tta
-    metrics["predictions"] = {"paths": [r.path for r in readable], "labels": y.tolist(),
-                              "probabilities": np.round(probs, 6).tolist(), "logits": np.round(logits, 5).tolist()}
-    return metrics
 
 
 MIN_CALIBRATION_IMAGES = 50
@@ -69,46 +32,17 @@ def validation_logits(run: Run, reporter: Reporter | None = None) -> tuple[np.nd
     records = run.records("val")
     if not records:
         return None
-    from ..inference.predictor import run_tta
-
     saved = run.metrics("val")
-    usable = saved is not None and "logits" in saved.get("predictions", {}) and bool(saved.get("tta")) == run_tta(run)
+    usable = saved is not None and "logits" in saved.get("predictions", {}) and bool(saved.get("tta")) == run.tta
     if usable:
         paths = saved["predictions"]["paths"]
         usable = set(paths) <= {r.path for r in records} and len(paths) + saved.get("unreadable", 0) == len(records)
     if not usable:
-        saved = evaluate_records(run, records, reporter=reporter)
+        saved = score_records(run, records, reporter=reporter)
         saved["split"] = "val"
         run.save_metrics("val", saved)
     pr = saved["predictions"]
     return np.asarray(pr["logits"], dtype=np.float64), np.asarray(pr["labels"], dtype=np.int64)
-
-
-def choose_tta(run: Run, reporter: Reporter | None = None, cache: ImageCache | None = None) -> dict:
-    """Decide once, on the validation split, whether flip test-time augmentation helps this run:
-    on when it raises validation balanced accuracy. Stored in run.json ("tta") for evaluate, predict,
-    serve and cascades; the validation metrics of the chosen variant are saved as metrics/val.json."""
-    if run.info.get("tta", {}).get("chosen_on"):
-        return run.info["tta"]
-    records = run.records("val")
-    if not records:
-        choice = {"enabled": False, "chosen_on": "none", "reason": "no validation split"}
-    else:
-        cache = cache or load_cache(records, run.preprocessing, reporter or Reporter(quiet=True))
-        model = run.build_model()
-        without, with_tta = (evaluate_records(run, records, cache, reporter, model, tta=t) for t in (False, True))
-        enabled = with_tta["balanced_accuracy"] > without["balanced_accuracy"]
-        choice = {"enabled": enabled, "chosen_on": "val", "images": without["n"], "method": "horizontal flip, mean logits",
-                  "balanced_accuracy": {"without": without["balanced_accuracy"], "with": with_tta["balanced_accuracy"]}}
-        kept = with_tta if enabled else without
-        kept["split"] = "val"
-        run.save_metrics("val", kept)
-        (reporter or Reporter(quiet=True)).info(
-            f"Test-time augmentation (flip) {'on' if enabled else 'off'}: validation balanced accuracy "
-            f"{without['balanced_accuracy']:.3f} without, {with_tta['balanced_accuracy']:.3f} with.")
-    run.info["tta"] = choice
-    write_json(run.path / "run.json", run.info)
-    return choice
 
 
 def calibrate(run: Run, reporter: Reporter | None = None) -> dict | None:
@@ -124,9 +58,7 @@ def calibrate(run: Run, reporter: Reporter | None = None) -> dict | None:
     if reason:
         (reporter or Reporter(quiet=True)).warn(f"Probabilities of run {run.path} are left uncalibrated: {reason}.")
         if run.info.get("calibration_skipped") != reason or "calibration" in run.info:
-            run.info.pop("calibration", None)
-            run.info["calibration_skipped"] = reason  # the report and evaluate say why, and print no temperature
-            write_json(run.path / "run.json", run.info)
+            run.update(calibration=None, calibration_skipped=reason)  # the report and evaluate say why, and print no temperature
         return None
     logits, y = val
     t = fit_temperature(logits, y)
@@ -174,7 +106,7 @@ def add_operating_point(run: Run, metrics: dict, target_sensitivity: float | Non
     if val is None:
         raise RunError(f"Run {run.path} has no validation split to choose a threshold on.",
                        "train with a validation split (the default), or drop --target-*.")
-    val_p = softmax(val[0], run_temperature(run))[:, 1]
+    val_p = softmax(val[0], run.temperature)[:, 1]
     t = choose_threshold(val[1], val_p, target_sensitivity, target_specificity)
     pr = metrics["predictions"]
     y, p = np.asarray(pr["labels"]), np.asarray(pr["probabilities"])[:, 1]
@@ -187,8 +119,7 @@ def add_operating_point(run: Run, metrics: dict, target_sensitivity: float | Non
     metrics["operating_point"] = {"target": {target[0]: target[1]}, "chosen_on": "val", "threshold": t,
                                   "positive_class": run.classes[1], "val": val_fig,
                                   metrics["split"]: test}
-    run.info["operating_point"] = {"threshold": t, "target": {target[0]: target[1]}, "positive_class": run.classes[1]}
-    write_json(run.path / "run.json", run.info)
+    run.update(operating_point={"threshold": t, "target": {target[0]: target[1]}, "positive_class": run.classes[1]})
     return metrics
 
 
@@ -225,7 +156,7 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
     if calibrate_first:
         choose_tta(run, reporter)
         calibrate(run, reporter)
-    metrics = evaluate_records(run, records, reporter=reporter, model=model)
+    metrics = score_records(run, records, reporter=reporter, model=model)
     metrics["split"] = name
     metrics["source"] = str(data) if data is not None else str(run.path / "split.csv")
     add_statistics(metrics, n_boot=n_boot, seed=seed, order=order_idx)
@@ -239,3 +170,20 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
         tracker.log_test(metrics)
         tracker.log_artifacts(run.path, ("run.json", "metrics"))
     return metrics
+
+
+def saved_metrics(run: Run, split: str) -> dict | None:
+    """Saved metrics that are complete and current (same weights, same calibration) — reused so a
+    report right after `evaluate` does not run the model twice."""
+    m = run.metrics(split)
+    path = run.path / "metrics" / f"{split}.json"
+    if not m or "ci" not in m or "logits" not in m.get("predictions", {}) or "ci_methods" not in m:
+        return None
+    if path.stat().st_mtime < (run.path / "model.safetensors").stat().st_mtime:
+        return None
+    if abs(m.get("temperature", 1.0) - run.temperature) > 1e-9:
+        return None
+    return m
+
+
+evaluate_records = score_records  # the name older callers use

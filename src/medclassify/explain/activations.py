@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .base import Explainer, Explanation, forward_hooks, normalise_map, probabilities_of
+from .base import Explainer, Explanation, forward_hooks, normalise_map
 
 
 def blocks_of(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -56,7 +56,8 @@ class Activations(Explainer):
                 captured.append((names[id(module)], out[0].float().clone().numpy()))
 
         with forward_hooks([m for _, m in blocks], keep):
-            probs = probabilities_of(self.model(self.tensor(image)).float())[0].numpy()
+            self.model(self.tensor(image))
+        probs = self.predict(image)[0]  # as predict gives them (TTA, temperature)
         target = int(probs.argmax()) if target is None else int(target)
         panels = []
         labels = stage_labels([name for name, _ in captured])

@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 
 from ..data.preprocessing import Preprocessing
+from ..engine import Net, forward_images
+from ..inference.predictor import Predictor
 from ..io import write_with
 
 
@@ -52,13 +55,6 @@ def class_score(logits: torch.Tensor, target: int) -> torch.Tensor:
     return logits[:, target]
 
 
-def probabilities_of(logits: torch.Tensor) -> torch.Tensor:
-    if logits.shape[1] == 1:
-        p = logits.sigmoid()
-        return torch.cat([1 - p, p], 1)
-    return logits.softmax(1)
-
-
 def normalise_map(m: np.ndarray) -> np.ndarray:
     m = np.nan_to_num(np.asarray(m, dtype=np.float32))
     m = m - m.min()
@@ -80,17 +76,21 @@ class Explainer:
         self.model = model.eval()
         self.prep = prep
         self.layer = layer
-        # A Predictor on ONNX Runtime, when the run has a current export: methods that only need
-        # forward passes (LIME, occlusion) run several times faster through it on CPU.
-        self.onnx = None
+        # What forward-only passes (LIME, occlusion, the probabilities shown) run through: the model,
+        # or the run's ONNX Runtime session when it has a current export (several times faster on CPU).
+        self.net = Net(self.model)
+        self.onnx: Predictor | None = None  # that session's Predictor
+        self.tta, self.temperature = False, 1.0
 
     @classmethod
-    def for_run(cls, run, layer: str | None = None) -> "Explainer":
-        from ..inference.predictor import Predictor
-
-        predictor = Predictor(run)
-        explainer = cls(predictor.model, predictor.prep, layer)
-        explainer.onnx = predictor if predictor.backend == "onnx" else None
+    def for_run(cls, run, layer: str | None = None, predictor: Predictor | None = None, **options) -> "Explainer":
+        """The method on a run, with the run's TTA choice and temperature, so the probabilities it
+        explains are the ones predict gives; through ONNX Runtime when the run is exported."""
+        predictor = predictor or Predictor(run)
+        explainer = cls(predictor.model, predictor.prep, layer, **options)
+        explainer.predictor = predictor
+        explainer.onnx = predictor if predictor.session is not None else None
+        explainer.net, explainer.tta, explainer.temperature = predictor.net, predictor.tta, predictor.temperature
         return explainer
 
     def tensor(self, images: np.ndarray) -> torch.Tensor:
@@ -99,15 +99,11 @@ class Explainer:
             images = images[None]
         return self.prep(np.require(images, requirements=["C", "W"]))  # decoded images may be read-only
 
-    @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Uncalibrated probabilities of a batch of model-ready images."""
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(self.onnx.logits(x)) if self.onnx is not None else self.model(x).float()
-
-        out = [probabilities_of(forward(self.tensor(images[i : i + batch_size])))
-               for i in range(0, len(images), batch_size)]
-        return torch.cat(out).numpy()
+        """Probabilities of model-ready images ((N, H, W, C) or one (H, W, C)): the one forward pass
+        (engine.py) with this explainer's TTA and temperature."""
+        images = images[None] if images.ndim == 3 else images
+        return forward_images(self.net, images, self.prep, self.tta, self.temperature, batch_size)[0]
 
     def explain(self, image: np.ndarray, target: int | None = None) -> Explanation:
         raise NotImplementedError
@@ -128,6 +124,4 @@ def forward_hooks(modules: list[nn.Module], hook):
 
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:
     """Write atomically (medclassify.io)."""
-    from PIL import Image
-
     return write_with(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from ..data.images import UnreadableImage
 from ..errors import ConfigError, DataError
-from ..io import check_output_file, check_output_folder
+from ..inference.predictor import collect_inputs
+from ..io import check_output_file, check_output_folder, write_bytes
 from ..reporting import Reporter
 from ..run import Run, load_run
 from . import get_method
-from ..io import write_bytes
 from .base import Explainer
 from .overlay import render_png
 
@@ -37,8 +37,6 @@ def explain_files_detailed(run: Run | str | Path, inputs: str | Path, method: st
     """As explain_files, one record per written file: {"image", "out", "class", "probability",
     "flat", "message"}; `message` ("no localised evidence for CLASS in this image") is set when the
     map is flat, and is also drawn on the picture and reported as a warning."""
-    from ..inference.predictor import Predictor, collect_inputs
-
     reporter = reporter or Reporter(quiet=True)
     cls = get_method(method)
     run = run if isinstance(run, Run) else load_run(run)
@@ -56,8 +54,11 @@ def explain_files_detailed(run: Run | str | Path, inputs: str | Path, method: st
             raise ConfigError(f"--out {folder} is a file name but {inputs} is a folder.", "pass --out FOLDER.")
         dest = [folder / f"{Path(p).stem}_{cls.name.replace('+', 'p')}.png" for p in paths]
         check_output_folder(folder, inputs=paths, protected_dirs=[run.path], files=dest)
-    predictor = Predictor(run)
-    explainer: Explainer = cls(predictor.model, predictor.prep, layer, **options)
+    # LIME and occlusion run through ONNX Runtime when the run has a current export (Explainer.for_run)
+    explainer: Explainer = cls.for_run(run, layer, **options)
+    predictor = explainer.predictor
+    if explainer.onnx is not None:
+        reporter.info(f"Forward passes through ONNX Runtime ({run.path / 'model.onnx'}).")
     t = target_index(run, target)
     written, failed = [], []
     with reporter.task(f"Explaining ({cls.name})", len(paths)) as bar:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Explainer, Explanation, class_score, forward_hooks, normalise_map, probabilities_of, upsample
+from .base import Explainer, Explanation, class_score, forward_hooks, normalise_map, upsample
 from .targets import find_target_layer, named_layer
 
 
@@ -25,12 +25,12 @@ class GradCAM(Explainer):
         return grads.mean(dim=(2, 3), keepdim=True)
 
     def explain(self, image: np.ndarray, target: int | None = None) -> Explanation:
+        probs = self.predict(image)[0]  # as predict gives them (TTA, temperature); before the hooks
         x = self.tensor(image)
         module = self.target_module(x)
         captured: list[torch.Tensor] = []
         with forward_hooks([module], lambda _m, _i, out: captured.append(out)), torch.enable_grad():
             logits = self.model(x).float()
-            probs = probabilities_of(logits.detach())[0].numpy()
             target = int(probs.argmax()) if target is None else int(target)
             activations = captured[-1]
             (grads,) = torch.autograd.grad(class_score(logits, target).sum(), activations)

@@ -9,6 +9,7 @@ import contextlib
 import numpy as np
 import torch
 
+from ..runtime import cpu_has_fast_bf16
 from .base import Explainer, Explanation, normalise_map
 from .superpixels import slic
 
@@ -18,8 +19,6 @@ class Lime(Explainer):
 
     def __init__(self, model, prep, layer=None, samples: int = 1000, segments: int = 50, kernel_width: float = 0.25,
                  seed: int = 0, batch_size: int = 64, bf16: bool | None = None):
-        from ..training.precision import cpu_has_fast_bf16
-
         super().__init__(model, prep, layer)
         self.samples, self.segments, self.kernel_width = samples, segments, kernel_width
         self.seed, self.batch_size = seed, batch_size

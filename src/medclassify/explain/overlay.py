@@ -11,6 +11,7 @@ import io
 import numpy as np
 
 from .base import Explanation
+from ..data.images import UnreadableImage, decode
 
 MAX_SIDE = 1600  # the original is drawn at its own resolution up to this many pixels on its long side
 
@@ -61,8 +62,6 @@ def original_pixels(source, fallback: np.ndarray, max_side: int = MAX_SIDE) -> n
 
     image = fallback
     if source is not None and not isinstance(source, np.ndarray):
-        from ..data.images import UnreadableImage, decode
-
         try:
             image = decode(source)
         except (UnreadableImage, OSError):

@@ -23,6 +23,7 @@ from ..reporting import Reporter
 from ..run import Run, load_run
 from ..training.tracking import run_tracker
 from .exported import INT8_FILE, META_FILE, ONNX_FILE, file_sha256, read_export_meta, verified
+from .predictor import Predictor, weights_hash
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| over every class of every checked image
@@ -125,7 +126,6 @@ def export_onnx(run: Run | str | Path, reporter: Reporter | None = None, images:
 
     A transaction: the new model is written and checked under a temporary name, and the earlier
     verified model.onnx and export.json stay in place until it has passed (see exported.py)."""
-    from .predictor import Predictor, weights_hash
 
     try:
         import onnx  # noqa: F401

@@ -22,7 +22,9 @@ import torch
 
 from ..data.images import UnreadableImage, array_for_model, load_for_model
 from ..data.listing import list_image_files
-from ..errors import ConfigError, DataError
+from ..data.sources import compile_patient_pattern, patient_from_match
+from ..engine import Net, forward
+from ..errors import ConfigError, DataError, RunError
 from ..io import check_output_file, write_csv
 from ..reporting import Reporter
 from ..run import Run, load_run
@@ -83,15 +85,13 @@ class Predictor:
         self.abstain_below = abstain_below
         # None: what the run chose on its validation split (run.json "tta", set by train, or by
         # evaluate for older runs), so predictions match the reported metrics.
-        self.tta = run_tta(self.run) if tta is None else tta
-        self.temperature = float(self.run.info.get("calibration", {}).get("temperature", 1.0))
+        self.tta = self.run.tta if tta is None else tta
+        self.temperature = self.run.temperature
         # `evaluate --target-sensitivity/--target-specificity` stores a threshold chosen on validation;
         # every entry point (predict, serve, cascade) then decides with it instead of argmax.
         op = self.run.info.get("operating_point") if len(self.classes) == 2 else None
         self.operating_point = op if use_operating_point and op and op.get("positive_class") in self.classes else None
         if not (self.run.path / "model.safetensors").is_file():
-            from ..errors import RunError
-
             raise RunError(f"Run {self.run.path} has no model.safetensors.", "the run is incomplete: train it again.")
         self.version = weights_hash(self.run.path)
         if backend not in BACKENDS:
@@ -111,8 +111,6 @@ class Predictor:
         self.session = None
         self.fallback: str | None = None  # why the auto backend fell back to PyTorch (a damaged model.onnx)
         if use_onnx:
-            from ..errors import RunError
-
             try:
                 self.session = _ort_session(onnx_file or self.run.path / (INT8_FILE if backend == "onnx-int8" else "model.onnx"), threads)
             except RunError as e:
@@ -120,10 +118,9 @@ class Predictor:
                     raise
                 self.fallback, use_onnx, self.backend = f"{e.message} Using PyTorch instead.", False, "torch"
                 logging.getLogger("medclassify").warning(self.fallback)
-        if use_onnx:
-            self._input_name = self.session.get_inputs()[0].name
-        else:
+        if not use_onnx:
             self._model = self.run.build_model().to(memory_format=torch.channels_last)
+        self.net = Net(session=self.session) if use_onnx else Net(self._model)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -147,23 +144,12 @@ class Predictor:
         return self.prep(batch)
 
     def logits(self, x: torch.Tensor) -> np.ndarray:
-        if self.session is not None:
-            arr = np.ascontiguousarray(x.contiguous().numpy(), dtype=np.float32)
-            return self.session.run(None, {self._input_name: arr})[0].astype(np.float32)
-        with torch.inference_mode():
-            return self.model(x).float().numpy()
+        return self.net.logits(x).numpy()
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W, C) uint8 already preprocessed -> (N, K) probabilities (temperature-scaled;
-        with TTA, from the mean logits of the image and its horizontal mirror, as in evaluation)."""
-        x = self.tensor(batch)
-        if self.tta:
-            x = torch.cat([x, x.flip(3)])
-        z = torch.from_numpy(self.logits(x))
-        if self.tta:
-            n = len(batch)
-            z = (z[:n] + z[n:]) / 2
-        return (z / self.temperature).softmax(1).numpy()
+        """(N, H, W, C) uint8 already preprocessed -> (N, K) probabilities: the one forward pass
+        (engine.py) with the run's TTA choice and temperature, as in evaluation."""
+        return forward(self.net, self.tensor(batch), self.tta, self.temperature)[0]
 
     def predict_array(self, pixels: np.ndarray, path: str | None = None) -> Prediction:
         arr = array_for_model(pixels, self.prep.image_size, self.prep.resize, self.prep.channels)
@@ -218,15 +204,8 @@ class Predictor:
         return out
 
 
-def run_tta(run: Run) -> bool:
-    """Whether the run's evaluation chose flip test-time augmentation on its validation split."""
-    return bool((run.info.get("tta") or {}).get("enabled", False))
-
-
 def _ort_session(path: Path, threads: int | None):
     """An ONNX Runtime session, or a RunError naming the file when it cannot be loaded."""
-    from ..errors import RunError
-
     try:
         return _open_session(path, threads)
     except Exception as e:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...) share no base but Exception
@@ -381,8 +360,6 @@ class PatientPrediction:
 def aggregate_patients(preds: Sequence[Prediction], pattern: str, how: Literal["mean", "max"] = "mean") -> list[PatientPrediction]:
     """Per-patient probabilities: the mean (or max) over the patient's readable images. The patient id
     is read from each file name (then the full path) with the same patterns training uses."""
-    from ..data.sources import compile_patient_pattern, patient_from_match
-
     if how not in ("mean", "max"):
         raise ConfigError(f"Unknown patient aggregation {how!r}.", "use mean or max.")
     rx = compile_patient_pattern(pattern)

@@ -21,6 +21,7 @@ from ..io import atomic_path, check_output_file
 from ..reporting import Reporter
 from ..run import Run, load_run
 from .exported import INT8_FILE, META_FILE, ONNX_FILE, file_sha256, read_export_meta
+from .predictor import Predictor, onnx_is_current, weights_hash
 
 CALIBRATION_IMAGES = 256
 CHECK_IMAGES = 1024
@@ -42,7 +43,6 @@ def _existing(run: Run, split: str) -> list[tuple[str, int]]:
 def quantize_int8(run: Run | str | Path, reporter: Reporter | None = None, max_drop: float = DEFAULT_MAX_DROP,
                   calibration: int = CALIBRATION_IMAGES, check: int = CHECK_IMAGES) -> dict:
     """Write model.int8.onnx next to an up-to-date model.onnx; returns the int8 section of export.json."""
-    from .predictor import Predictor, onnx_is_current, weights_hash
 
     try:
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -76,7 +76,7 @@ def quantize_int8(run: Run | str | Path, reporter: Reporter | None = None, max_d
             if self.start >= len(cal):
                 return None
             self.start += 32
-            return {float_pred._input_name: cal[self.start - 32 : self.start]}
+            return {float_pred.net.input_name: cal[self.start - 32 : self.start]}
 
     target = run.path / INT8_FILE
     quiet = logging.getLogger().level

@@ -1,6 +1,7 @@
 """One registry from model names to builders, after timm's register_model/create_model.
 
-Names registered here take precedence; any other name is passed to timm. Every builder takes
+Model modules register themselves with @register_model and models/__init__ imports them (the
+registry never imports its builders). Names registered here take precedence; any other name is passed to timm. Every builder takes
 (num_classes, in_chans, pretrained) where pretrained is "none", "imagenet" (offline weights
 shipped as packages) or "hub" (timm's online hub).
 """
@@ -14,6 +15,7 @@ from typing import Callable
 import torch.nn as nn
 
 from ..errors import ConfigError
+from .weights import load_local_weights
 
 
 @dataclass(frozen=True)
@@ -38,13 +40,7 @@ def register_model(name: str, description: str, offline_pretrained: bool = False
     return deco
 
 
-def _ensure_builtin() -> None:
-    # Importing the modules runs their @register_model decorators.
-    from . import efficientnet_lite, seed_cnn  # noqa: F401
-
-
 def list_models(include_timm: bool = False) -> list[str]:
-    _ensure_builtin()
     names = sorted(_REGISTRY)
     if include_timm:
         import timm
@@ -54,7 +50,6 @@ def list_models(include_timm: bool = False) -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
-    _ensure_builtin()
     if name in _REGISTRY:
         return _REGISTRY[name]
     import timm
@@ -130,7 +125,5 @@ def create_model(
     model = spec.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, drop_rate=drop_rate)
     init_classifier(model)
     if weights:
-        from .weights import load_local_weights
-
         load_local_weights(model, weights)
     return model

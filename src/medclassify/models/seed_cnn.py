@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .registry import register_model
+from ..errors import ConfigError
 
 
 class SeedCNN(nn.Module):
@@ -40,7 +41,5 @@ class SeedCNN(nn.Module):
                 mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 def seed_cnn(num_classes: int, in_chans: int = 1, pretrained: str = "none", drop_rate: float = 0.0) -> nn.Module:
     if pretrained != "none":
-        from ..errors import ConfigError
-
         raise ConfigError("seed_cnn has no pretrained weights.", "use --pretrained none, or a backbone such as efficientnet_lite0.")
     return SeedCNN(num_classes, in_chans, drop_rate=drop_rate or 0.3)

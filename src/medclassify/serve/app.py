@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from ..version import __version__
 from ..data.formats import UnreadableImage
 from .guard import LOOPBACK_HOSTS, Guard, error_response
 from .service import ExplainUnavailable, ServedModel

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..evaluation.metrics import monitor_value
 from ..io import write_csv
 from ..run import save_weights
+from .metrics import monitor_value
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
                   "val_macro_f1", "val_auc", "seconds", "train_images_per_s"]

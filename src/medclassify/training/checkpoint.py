@@ -19,6 +19,8 @@ import torch
 from ..errors import RunError
 from ..io import read_json_object, write_json, write_with
 from ..run import CHECKPOINT
+from ..io import resolved
+from ..errors import ConfigError
 
 FORMAT = 1
 _FIX = "start the training again with --overwrite (the checkpoint is deleted)."
@@ -128,8 +130,6 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def config_snapshot(config: dict) -> dict:
     """The training's settings as compared on resume: paths resolved, so a resume from another
     working folder compares the same files."""
-    from ..io import resolved
-
     return {k: str(resolved(v)) if k in ("data", "out", "weights") and v else v for k, v in config.items()}
 
 
@@ -143,8 +143,6 @@ def config_difference(saved: dict, current: dict, ignore: tuple[str, ...] = ("th
 
 def check_resumable(folder: Path, current: dict) -> None:
     """Refuse, with the first differing setting, to resume a checkpoint made with other settings."""
-    from ..errors import ConfigError
-
     meta = read_json_object(folder / CHECKPOINT, "training checkpoint", _FIX)
     differs = config_difference(meta.get("config") or {}, current)
     if differs:

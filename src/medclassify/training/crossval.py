@@ -18,6 +18,9 @@ from ..data.sources import Record, attach_patients, scan_folder
 from ..data.splits import carve, group_kfold
 from ..reporting import Reporter
 from ..run import write_split_csv
+from ..io import check_replaceable_dir, is_medclassify_dir, write_json
+from ..run import load_run
+from . import fit  # called as fit.train, which tests replace
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
 
@@ -41,10 +44,6 @@ def fold_records(config: TrainConfig, k: int, reporter: Reporter) -> list[list[R
 
 def cross_validate(config: TrainConfig, k: int, reporter: Reporter | None = None, overwrite: bool = False,
                    resume: bool = False) -> dict:
-    from ..io import check_replaceable_dir, is_medclassify_dir, write_json
-    from ..run import load_run
-    from .fit import train
-
     reporter = reporter or Reporter()
     out = Path(config.out)
     if not (resume and out.is_dir() and is_medclassify_dir(out)):
@@ -63,7 +62,7 @@ def cross_validate(config: TrainConfig, k: int, reporter: Reporter | None = None
             continue
         reporter.info(f"Fold {f + 1}/{k}: {sum(r.split == 'train' for r in records)} train, "
                       f"{sum(r.split == 'val' for r in records)} validation images.")
-        result = train(config.model_copy(update={"data": str(csv_path), "out": str(fold_out)}),
+        result = fit.train(config.model_copy(update={"data": str(csv_path), "out": str(fold_out)}),
                        reporter=reporter, overwrite=overwrite, resume=resume)
         per_fold.append({"fold": f, "run": str(result.run_dir), "best_epoch": result.best_epoch,
                          **{m: result.val_metrics.get(m) for m in SUMMARY_METRICS}})

@@ -19,25 +19,26 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import __version__
+from ..version import __version__
 from ..config import TrainConfig
 from ..data.prepare import PreparedData, prepare
 from ..data.transforms import augment, get_preset
 from ..errors import ConfigError, RunError
-from ..evaluation.metrics import compute_metrics
-from ..inference.cached import autocast_context, predict_rows
+from ..engine import Net, predict_rows
 from ..io import read_json_object, write_csv, write_json
 from ..models import create_model, get_spec
 from ..reporting import Reporter
+from ..runtime import autocast_context, choose_amp_dtype
 from ..run import FORMAT_VERSION, RunWriter, load_run, read_split_csv, save_weights, write_split_csv
 from .callbacks import BestCheckpoint, EarlyStopping, History, WeightAverage
 from .checkpoint import (check_resumable, config_snapshot, load_checkpoint, load_optimizer_state, optimizer_state,
                          prefixed, restore_rng, rng_state, save_checkpoint, unprefixed)
 from .freeze import freeze_stages, keep_frozen_eval, stage_modules
 from .imbalance import class_weights, epoch_order
-from .precision import choose_amp_dtype
+from .metrics import compute_metrics
 from .schedule import lr_multiplier
 from .tracking import Tracker, make_tracker
+from .validation import choose_tta
 
 DEFAULT_FREEZE = 2  # stem and first stages of a pretrained backbone: 1.4x faster steps (benchmarks/accuracy.py)
 CALIBRATION_STEPS = 6  # steps timed (after 2 warm-up steps) to size epochs to the time budget
@@ -238,8 +239,8 @@ class Trainer:
                         calibrated = True
             train_s = time.perf_counter() - t_epoch
             shipped = ema.module if ema else model
-            val_probs, val_logits = predict_rows(shipped, self.data.cache.images, self.val_rows, self.prep,
-                                                 device=self.device, amp_dtype=amp)
+            val_probs, val_logits = predict_rows(Net(shipped, device=self.device, amp_dtype=amp), self.data.cache.images,
+                                                 self.val_rows, self.prep)
             val = compute_metrics(self.val_labels, val_probs, self.classes)
             val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(self.val_labels)))
             improved = best.update(shipped, epoch, val)
@@ -388,8 +389,6 @@ def sigterm_as_exit():
 
 
 def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter, tracker: Tracker) -> TrainResult:
-    from ..evaluation.evaluate import choose_tta
-
     saved_tracking = None
     if writer.resuming:
         check_resumable(writer.path, config_snapshot(config.model_dump()))  # before the long preparation
@@ -438,16 +437,15 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
         write_csv(writer.path / "skipped.csv", ["path", "reason"], data.skipped.items())
     write_json(writer.path / "run.json", info)
     result = trainer.run(writer)
-    info.pop("interrupted")
-    info.update({
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "timings": {"prepare_s": round(prep_s, 1), "cache_hit": data.cache.hit,
-                    "cache_build_s": round(data.cache.build_seconds, 1), "train_s": round(result.train_seconds, 1)},
-        "warnings": [m for lvl, m in reporter.messages if lvl == "warning"],
-    })
-    write_json(writer.path / "run.json", info)
     run = load_run(writer.path)
+    run.update(
+        interrupted=None,
+        best_epoch=result.best_epoch,
+        epochs_run=result.epochs_run,
+        timings={"prepare_s": round(prep_s, 1), "cache_hit": data.cache.hit,
+                 "cache_build_s": round(data.cache.build_seconds, 1), "train_s": round(result.train_seconds, 1)},
+        warnings=[m for lvl, m in reporter.messages if lvl == "warning"],
+    )
     # Decided here, once, on validation, so every later use of the run (evaluate, predict, serve) agrees;
     # the validation metrics of the chosen variant are saved as metrics/val.json.
     choose_tta(run, reporter, cache=data.cache)
@@ -455,8 +453,7 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
     if tracking:
         registered = tracker.register(config.register_model) if config.register_model else None
         if registered:
-            run.info["tracking"]["registered"] = registered
-            write_json(writer.path / "run.json", run.info)
+            run.update(tracking={**run.info["tracking"], "registered": registered})
         if result.val_metrics:
             tracker.log_test(result.val_metrics)
         tracker.log_artifacts(writer.path)

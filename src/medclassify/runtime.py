@@ -1,9 +1,12 @@
-"""Choosing the compute precision. bf16 autocast speeds dense convolutions 1.3-1.9x on CPUs with
+"""The compute runtime: precision and autocast, shared by training, the forward pass and LIME.
+
+Choosing the compute precision. bf16 autocast speeds dense convolutions 1.3-1.9x on CPUs with
 AVX512-BF16/AMX and slows depthwise ones (shared/notes/cpu-performance.md), so 'auto' decides per
 architecture; on CUDA it uses bf16 where supported, else fp16 with a gradient scaler."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -35,3 +38,9 @@ def choose_amp_dtype(model: nn.Module, device: torch.device, precision: str) -> 
     if precision == "bf16":
         return torch.bfloat16
     return torch.bfloat16 if cpu_has_fast_bf16() and depthwise_share(model) < 0.2 else None
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -19,9 +19,14 @@ from ..io import check_output_file, resolved, write_text
 from ..reporting import Reporter
 from ..run import Run, load_run
 from ..training.tracking import run_tracker
-from . import figures
-from .alarms import metric_warnings
-from .narrative import (calibration_sentence, facts, selection_sentence, split_sentence, threshold_sentence,
+from ..data.images import UnreadableImage
+from ..evaluation import figures
+from ..evaluation.alarms import metric_warnings
+from ..evaluation.evaluate import evaluate, saved_metrics
+from ..explain.gradcam import GradCAM
+from ..explain.overlay import explanation_figure
+from ..inference.predictor import Predictor
+from ..evaluation.narrative import (calibration_sentence, facts, selection_sentence, split_sentence, threshold_sentence,
                         tta_sentence, weights_sentence)
 
 NAMES = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "macro_f1": "Macro F1", "auc": "AUC (ROC)",
@@ -41,20 +46,6 @@ def _explain(key: str, pos: str, neg: str) -> str:
     if key == "auc" and not pos:
         return "for each class against the others, the chance that an image of it scores higher than one that is not; averaged"
     return EXPLAIN[key].format(pos=pos, neg=neg)
-
-
-def _saved_metrics(run: Run, split: str) -> dict | None:
-    """Saved metrics that are complete and current (same weights, same calibration) — reused so a
-    report right after `evaluate` does not run the model twice."""
-    m = run.metrics(split)
-    path = run.path / "metrics" / f"{split}.json"
-    if not m or "ci" not in m or "logits" not in m.get("predictions", {}) or "ci_methods" not in m:
-        return None
-    if path.stat().st_mtime < (run.path / "model.safetensors").stat().st_mtime:
-        return None
-    if abs(m.get("temperature", 1.0) - float((run.info.get("calibration") or {}).get("temperature", 1.0))) > 1e-9:
-        return None
-    return m
 
 
 def _metric_rows(metrics: dict, pos: str, neg: str) -> list[list]:
@@ -121,10 +112,6 @@ def operating_point_view(metrics: dict) -> dict | None:
 
 
 def _wrong_images(run: Run, metrics: dict, n: int, reporter: Reporter) -> list[dict]:
-    from ..data.images import UnreadableImage
-    from ..explain.gradcam import GradCAM
-    from ..explain.overlay import explanation_figure
-    from ..inference.predictor import Predictor
 
     pr = metrics["predictions"]
     y = np.asarray(pr["labels"])
@@ -251,12 +238,11 @@ def report_path(run: Run, out: str | Path | None) -> Path:
 def build_report(run: Run | str | Path, split: str = "test", out: str | Path | None = None,
                  reporter: Reporter | None = None, n_wrong: int = 8, fresh: bool = False) -> Path:
     """Write the run's report (default RUN/report.html) and return its path."""
-    from .evaluate import evaluate
 
     reporter = reporter or Reporter(quiet=True)
     run = run if isinstance(run, Run) else load_run(run)
     out = report_path(run, out)
-    metrics = None if fresh else _saved_metrics(run, split)
+    metrics = None if fresh else saved_metrics(run, split)
     if metrics is None:
         metrics = evaluate(run, split=split, reporter=reporter)
         run = load_run(run.path)  # calibration may have been (re)fitted
