@@ -219,7 +219,7 @@ class RunHandle(Run):
                fresh: bool = False, quiet: bool = True) -> Path:
         """Write the run's HTML report (default RUN/report.html: metrics with intervals, figures,
         wrongly classified images) and return its path. fresh=True evaluates again."""
-        from .evaluation.report import build_report
+        from .reports.report import build_report
 
         return build_report(self, split=split, out=out, reporter=_reporter(quiet), n_wrong=n_wrong, fresh=fresh)
 

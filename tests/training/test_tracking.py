@@ -49,7 +49,7 @@ def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
 def test_train_evaluate_report_export_logged_and_registered(small_dataset, tmp_path, store, quiet):
     from medclassify.config import TrainConfig
     from medclassify.evaluation.evaluate import evaluate
-    from medclassify.evaluation.report import build_report
+    from medclassify.reports.report import build_report
     from medclassify.inference.export import export_onnx
     from medclassify.training.fit import train
 
