@@ -285,7 +285,8 @@ class Trainer:
             kept, selection = epoch_done, f"average of epochs {average.epochs[0]}-{average.epochs[-1]}"
         if c.select != "best":
             final = average.apply(shipped) if average else shipped
-            save_weights(final, writer.path / "model.safetensors", metadata={"epoch": str(kept), "select": c.select})
+            # One metadata key: safetensors writes several in a random order, and the file must be byte-identical.
+            save_weights(final, writer.path / "model.safetensors", metadata={"epoch": str(kept)})
         self.selection = {"select": c.select, "epoch": kept, "epochs": average.epochs if average else [kept]}
         return TrainResult(writer.path, kept, epoch_done, {}, time.perf_counter() - t_start, selection)
 
