@@ -48,7 +48,8 @@ def _print(*renderables) -> None:
 # Options of `train` that are not TrainConfig fields: (name, annotation, typer.Option).
 _TRAIN_EXTRA = [
     ("config_file", Optional[Path], typer.Option(None, "--config", metavar="FILE.yaml", help="YAML mapping of settings "
-                                                  "(the keys below, with underscores); flags and --set override it.")),
+                                                  "(this command's option names, with underscores; a run's config.yaml "
+                                                  "works); flags and --set override it.")),
     ("set_", Optional[list[str]], typer.Option(None, "--set", metavar="KEY=VALUE", help="Any setting, e.g. --set seed=1 "
                                                "--set warmup_epochs=1 (repeatable; the keys are the options above).")),
     ("folds", Optional[int], typer.Option(None, "--folds", help="Group k-fold cross-validation: K runs under OUT/fold_k "
@@ -149,7 +150,7 @@ train.__signature__ = _train_signature()
 app.command()(train)
 
 
-def _config(cls, **values):
+def _config(cls, command: str = "train", **values):
     from pydantic import ValidationError
 
     from .errors import ConfigError
@@ -159,7 +160,15 @@ def _config(cls, **values):
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(x) for x in err["loc"]).replace("_", "-") or "settings"
-        raise ConfigError(f"Invalid --{field}: {err['msg']} (got {err.get('input')!r}).", "see `medclassify train --help`.") from None
+        raise ConfigError(f"Invalid --{field}: {err['msg']} (got {err.get('input')!r}).",
+                          f"see `medclassify {command} --help`.") from None
+
+
+def predict_options(command: str, **values):
+    """The inference options of predict, serve and the cascades, validated once (config.PredictOptions)."""
+    from .config import PredictOptions
+
+    return _config(PredictOptions, command, **values)
 
 
 @app.command()

@@ -312,7 +312,7 @@ def _check_stage_outputs(spec: CascadeSpec, stages: Sequence[Stage], overwrite: 
 def train_cascade(path: str | Path, reporter: Reporter | None = None, overwrite: bool = False,
                   only: Sequence[str] | None = None) -> dict[str, Path]:
     """Train every stage (or `only` those) on its slice of the cascade's dataset spec."""
-    from ..config import TrainConfig, parse_duration
+    from ..config import TrainConfig
     from ..training.fit import train
 
     reporter = reporter or Reporter()
@@ -331,9 +331,7 @@ def train_cascade(path: str | Path, reporter: Reporter | None = None, overwrite:
             out[n] = stage.run
             continue
         data = write_stage_spec(spec, stage, final, stage_spec_path(stage))
-        options = {**spec.train, **stage.train}
-        if "time_budget" in options:
-            options["time_budget"] = parse_duration(options["time_budget"])
+        options = {**spec.train, **stage.train}  # TrainConfig reads '4m' budgets and applies the epochs rule
         try:
             config = TrainConfig(data=str(data), out=str(stage.run), **options)
         except Exception as e:
