@@ -278,16 +278,17 @@ class Trainer:
                 break
         shipped = ema.module if ema else model
         save_weights(shipped, writer.path / "last.safetensors")
-        kept, selection = best.best_epoch, f"best epoch {best.best_epoch} (val {c.monitor})"
-        if c.select == "last":
-            kept, selection = epoch_done, f"last epoch {epoch_done}"
-        elif c.select == "average" and average.epochs:
-            kept, selection = epoch_done, f"average of epochs {average.epochs[0]}-{average.epochs[-1]}"
+        # An average that collected nothing (a budget or early stop ended the plan first) ships the last epoch.
+        kept, selection, epochs_kept = epoch_done, f"last epoch {epoch_done}", [epoch_done]
+        if c.select == "best":
+            kept, selection, epochs_kept = best.best_epoch, f"best epoch {best.best_epoch} (val {c.monitor})", [best.best_epoch]
+        elif average and average.epochs:
+            selection, epochs_kept = f"average of epochs {average.epochs[0]}-{average.epochs[-1]}", average.epochs
         if c.select != "best":
             final = average.apply(shipped) if average else shipped
             # One metadata key: safetensors writes several in a random order, and the file must be byte-identical.
             save_weights(final, writer.path / "model.safetensors", metadata={"epoch": str(kept)})
-        self.selection = {"select": c.select, "epoch": kept, "epochs": average.epochs if average else [kept]}
+        self.selection = {"select": c.select, "epoch": kept, "epochs": epochs_kept}
         return TrainResult(writer.path, kept, epoch_done, {}, time.perf_counter() - t_start, selection)
 
     def _checkpoint(self, folder: Path, loop: dict, model, optimizer, ema, scaler, rng, gen, history, best, stopper,
