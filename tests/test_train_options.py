@@ -81,6 +81,16 @@ def test_config_file_unknown_key_names_the_nearest(tmp_path):
     cfg.write_text("time_budget: 15\n")
     with pytest.raises(ConfigError, match="15m"):
         resolve_train_config(Path("d"), Path("o"), {}, set(), cfg, [])
+    cfg.write_text("time_budget: off\n")  # YAML reads off as false
+    assert resolve_train_config(Path("d"), Path("o"), {}, set(), cfg, []).time_budget is None
+
+
+def test_budgeted_config_yaml_reads_back(tmp_path):
+    from medclassify.training.fit import write_config_yaml
+
+    config = TrainConfig(data="d", out="o", time_budget="90s", seed=4)
+    write_config_yaml(tmp_path / "config.yaml", config)
+    assert resolve_train_config(Path("d"), Path("o"), {}, set(), tmp_path / "config.yaml", []) == config
 
 
 def test_bool_flags_parse(tmp_path, monkeypatch):
@@ -126,8 +136,8 @@ def test_same_seed_same_weights_and_provenance(small_dataset, tmp_path):
     for name in ("torch", "torchvision", "timm", "numpy", "medclassify", "device"):
         assert info["environment"][name], name
     assert info["data_fingerprint"] == json.loads((b / "run.json").read_text())["data_fingerprint"]
-    saved = yaml.safe_load((a / "config.yaml").read_text())
-    assert TrainConfig(**saved) == TrainConfig(**info["config"])
+    read_back = resolve_train_config(Path(info["config"]["data"]), a, {}, set(), a / "config.yaml", [])
+    assert read_back == TrainConfig(**info["config"])
 
 
 def test_average_selection_differs_from_last(small_dataset, tmp_path):

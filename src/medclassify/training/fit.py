@@ -524,8 +524,11 @@ def write_config_yaml(path: Path, config: TrainConfig) -> None:
 
     from ..io import write_text
 
+    settings = config.model_dump()
+    if settings["time_budget"]:  # a duration needs its unit to be read back
+        settings["time_budget"] = f"{settings['time_budget']:g}s"
     write_text(path, "# medclassify " + __version__ + ": the resolved training settings of this run\n"
-               + yaml.safe_dump(config.model_dump(), sort_keys=False))
+               + yaml.safe_dump(settings, sort_keys=False))
 
 
 def check_same_split(path: Path, records) -> None:
