@@ -144,3 +144,15 @@ def test_average_selection_differs_from_last(small_dataset, tmp_path):
     run = _tiny_train(small_dataset, tmp_path / "avg", select="average")
     avg, last = load_file(str(run / "model.safetensors")), load_file(str(run / "last.safetensors"))
     assert any(float((avg[k].double() - last[k].double()).abs().max()) > 0 for k in avg if avg[k].is_floating_point())
+
+
+def test_best_selection_ships_the_best_epoch(small_dataset, tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    run = _tiny_train(small_dataset, tmp_path / "best", select="best")
+    info = json.loads((run / "run.json").read_text())
+    assert info["selection"]["select"] == "best" and info["selection"]["epoch"] == info["best_epoch"]
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        assert f.metadata()["epoch"] == str(info["best_epoch"])
