@@ -156,3 +156,23 @@ def test_best_selection_ships_the_best_epoch(small_dataset, tmp_path):
     assert info["selection"]["select"] == "best" and info["selection"]["epoch"] == info["best_epoch"]
     with safe_open(str(run / "model.safetensors"), "pt") as f:
         assert f.metadata()["epoch"] == str(info["best_epoch"])
+
+
+def test_last_epochs_average_round_trips_through_a_checkpoint():
+    import torch
+
+    from medclassify.training.callbacks import LastEpochsAverage
+
+    model = torch.nn.Linear(2, 2)
+    avg = LastEpochsAverage(2)
+    for epoch, value in ((1, 5.0), (2, 1.0), (3, 3.0)):  # planned 3 epochs: only 2 and 3 count
+        with torch.no_grad():
+            model.weight.fill_(value)
+        avg.collect(model, epoch, planned=3)
+        if epoch == 2:  # a checkpoint after epoch 2, restored into a fresh average
+            restored = LastEpochsAverage(2)
+            restored.load(avg.tensors(), avg.state())
+    restored.collect(model, 3, planned=3)
+    for a in (avg, restored):
+        assert a.epochs == [2, 3]
+        assert torch.equal(a.apply(model).weight, torch.full((2, 2), 2.0))
