@@ -66,7 +66,7 @@ def main() -> int:
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/medclassify-selection"))
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "selection.json")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "selection.json")  # measured: selection-*.json
     args = ap.parse_args()
     src = args.shared / args.dataset
     if not src.is_dir():

@@ -117,11 +117,11 @@ def test_predict_options_defaults_written_once():
         PredictOptions(backend="tensorrt")
 
 
-def _tiny_train(data: Path, out: Path, select: str = "last") -> Path:
+def _tiny_train(data: Path, out: Path, select: str = "last", epochs: int = 2) -> Path:
     from medclassify.reporting import Reporter
     from medclassify.training.fit import train
 
-    config = TrainConfig(data=str(data), out=str(out), model="seed_cnn", pretrained="none", image_size=32, epochs=2,
+    config = TrainConfig(data=str(data), out=str(out), model="seed_cnn", pretrained="none", image_size=32, epochs=epochs,
                          batch_size=8, threads=1, workers=1, precision="fp32", seed=5, select=select, average_epochs=2)
     return train(config, reporter=Reporter(quiet=True)).run_dir
 
@@ -141,7 +141,10 @@ def test_same_seed_same_weights_and_provenance(small_dataset, tmp_path):
 
 
 def test_average_selection_differs_from_last(small_dataset, tmp_path):
-    run = _tiny_train(small_dataset, tmp_path / "avg", select="average")
+    import json
+
+    run = _tiny_train(small_dataset, tmp_path / "avg", select="average", epochs=4)
+    assert json.loads((run / "run.json").read_text())["selection"]["epochs"] == [3, 4]
     avg, last = load_file(str(run / "model.safetensors")), load_file(str(run / "last.safetensors"))
     assert any(float((avg[k].double() - last[k].double()).abs().max()) > 0 for k in avg if avg[k].is_floating_point())
 

@@ -66,10 +66,13 @@ class TrainConfig(BaseModel):
     freeze: int | None = Field(None, ge=0, description="Hold the first N feature stages (as timm counts them, stem "
                                "included) of a pretrained backbone fixed. Default: 2 when fine-tuning a model that "
                                "describes its stages, else 0.")
+    # Default chosen with benchmarks/selection.py (README, Benchmarks): across seeds, the average was
+    # at least as good as the last epoch and steadier; the best validation epoch was the noisiest pick.
     select: Literal["last", "average", "best"] = Field(
-        "last", description="Weights that ship: last (end of the completed schedule), average (mean of the last "
-                            "--average-epochs epochs' weights) or best (best validation --monitor; noisy on small "
-                            "validation splits).")
+        "average", description="Weights that ship: average (mean of the weights at the end of the last "
+                               "--average-epochs epochs of the completed schedule, at most its second half), last "
+                               "(end of the schedule) or best (best validation --monitor; noisy on small validation "
+                               "splits).")
     average_epochs: int = Field(3, ge=2, description="Epochs averaged by --select average.")
     early_stopping: int = Field(0, ge=0, description="Patience in epochs (0: off). It cuts the schedule before its "
                                 "decay ends; use it with --select best.")

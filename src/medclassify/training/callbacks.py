@@ -93,7 +93,8 @@ class WeightAverage:
 
 
 class LastEpochsAverage:
-    """Uniform average of the weights at the end of the last `k` planned epochs (floating-point
+    """Uniform average of the weights at the end of the last `k` planned epochs, at most the second
+    half of the plan (floating-point
     tensors averaged, integer buffers such as batch counts taken from the last epoch). At the end of a
     completed cosine schedule these epochs sit in one basin, and their mean is steadier across seeds
     than any single epoch picked by a noisy validation metric. The running sum is part of the
@@ -105,7 +106,7 @@ class LastEpochsAverage:
         self.epochs: list[int] = []
 
     def collect(self, model: nn.Module, epoch: int, planned: int) -> None:
-        if epoch <= planned - self.k:
+        if epoch <= max(planned - self.k, planned // 2):  # a short run never averages in its first, untrained half
             return
         for name, t in model.state_dict().items():
             t = t.detach().to("cpu")
