@@ -1,15 +1,19 @@
-"""Accuracy benchmark: the default recipe of `medclassify train DATA --out RUN` (or overrides) on each
-shared dataset's train split, evaluated once on its official test split.
+"""Accuracy benchmark: the default recipe of `medclassify train DATA --out RUN` (a fixed number of
+epochs, no time budget; or overrides) on each shared dataset's train split, once per seed, each run
+evaluated once on the dataset's official test split. A single lucky run is not a result: the table
+gives the mean and the spread (sample standard deviation, and max - min) over the seeds.
 
-    python benchmarks/accuracy.py                       # all datasets, default recipe
-    python benchmarks/accuracy.py --datasets chest_xray --set image_size=160 --set augment=medical
+    python benchmarks/accuracy.py                                  # all datasets, default recipe, seeds 0,1,2
+    python benchmarks/accuracy.py --datasets chest_xray --seeds 0,1,2 --set image_size=160
+    python benchmarks/accuracy.py --datasets alzheimer_mri --seeds 0 --set epochs=1 --set image_size=64   # smoke
 
-Prints a table and writes benchmarks/results/accuracy.json (one entry per dataset)."""
+Prints a table and writes benchmarks/results/accuracy.json (one entry per dataset and seed)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,15 +26,6 @@ TARGETS = {
     "alzheimer_mri": {"accuracy": 0.90, "macro_f1": 0.85},
     "brain_tumor_mri": {"accuracy": 0.85},
 }
-
-
-def parse_value(v: str):
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return {"none": None, "true": True, "false": False}.get(v.lower(), v)
 
 
 def test_fields(test: dict) -> dict:
@@ -61,9 +56,29 @@ def reevaluated_row(name: str, args, previous: list[dict], out: Path, evaluate) 
     return row
 
 
+def spread_table(results: list[dict]) -> list[str]:
+    """Mean ± sample standard deviation (and max - min) of the test metrics over the seeds, per dataset."""
+    lines = [f"{'dataset':16s} {'seeds':>5s} {'test acc':>16s} {'range':>6s} {'bal acc':>16s} {'macro F1':>16s} {'AUC':>16s}"]
+    for name in dict.fromkeys(r["dataset"] for r in results):
+        rows = [r for r in results if r["dataset"] == name]
+
+        def cell(key: str) -> str:
+            v = [100 * r[key] for r in rows if r.get(key) is not None]
+            if not v:
+                return f"{'n/a':>16s}"
+            return f"{statistics.mean(v):7.1f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:4.1f}  "
+
+        acc = [100 * r["test_accuracy"] for r in rows]
+        lines.append(f"{name:16s} {len(rows):5d} {cell('test_accuracy')} {max(acc) - min(acc):6.1f} "
+                     f"{cell('test_balanced_accuracy')} {cell('test_macro_f1')} {cell('test_auc')}")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="*", default=DATASETS)
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; one run per dataset and seed")
+    ap.add_argument("--shared", type=Path, default=SHARED, help="folder holding the datasets")
     ap.add_argument("--set", action="append", default=[], help="override a TrainConfig field, e.g. image_size=160")
     ap.add_argument("--runs", default="/tmp/medclassify-bench-runs", help="where the runs are written")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "accuracy.json"))
@@ -73,20 +88,20 @@ def main() -> int:
                          "(e.g. after a change to evaluation); training figures are carried over from FROM_TAG's rows")
     ap.add_argument("--source-suffix", help="with --reevaluate: the runs are RUNS/<dataset>-SUFFIX (default: FROM_TAG)")
     args = ap.parse_args()
-    if not SHARED.is_dir():
-        print(f"SKIP: shared datasets not found at {SHARED}; nothing to benchmark.")
+    if not args.shared.is_dir():
+        print(f"SKIP: shared datasets not found at {args.shared}; nothing to benchmark.")
         return 0
-    from medclassify.config import TrainConfig
+    from medclassify.config import TrainConfig, parse_overrides
     from medclassify.evaluation.evaluate import evaluate
     from medclassify.reporting import Reporter
     from medclassify.training.fit import train
 
-    overrides = dict(kv.split("=", 1) for kv in args.set)
-    overrides = {k: parse_value(v) for k, v in overrides.items()}
+    overrides = parse_overrides(args.set)  # the CLI's --set rules: typed, a unit on time_budget
+    seeds = [int(x) for x in args.seeds.split(",")]
     results = []
     previous = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else []
-    for name in args.datasets:
-        data = SHARED / name
+    for name, seed in [(n, s) for n in args.datasets for s in seeds]:
+        data = args.shared / name
         if not data.is_dir():
             print(f"SKIP {name}: {data} not found")
             continue
@@ -95,7 +110,8 @@ def main() -> int:
             results.append(reevaluated_row(name, args, previous, out, evaluate))
             print(json.dumps(results[-1]), flush=True)
             continue
-        config = TrainConfig(data=str(data), out=str(out), **overrides)
+        out = Path(args.runs) / f"{name}-{args.tag}-s{seed}"
+        config = TrainConfig(data=str(data), out=str(out), **{"seed": seed, **overrides})
         t0 = time.perf_counter()
         result = train(config, reporter=Reporter(), overwrite=True)
         wall = time.perf_counter() - t0
@@ -104,8 +120,8 @@ def main() -> int:
         hist = (result.run_dir / "history.csv").read_text().splitlines()
         rates = [float(line.split(",")[-1]) for line in hist[1:]]
         row = {
-            "dataset": name, "tag": args.tag, "tta": test["tta"], "model": config.model, "image_size": config.image_size,
-            "epochs": result.epochs_run, "best_epoch": result.best_epoch, "train_wall_s": round(result.train_seconds, 1),
+            "dataset": name, "tag": args.tag, "seed": config.seed, "tta": test["tta"], "model": config.model, "image_size": config.image_size,
+            "epochs": result.epochs_run, "best_epoch": result.best_epoch, "selection": result.selection, "train_wall_s": round(result.train_seconds, 1),
             "total_wall_s": round(wall, 1), "cache_build_s": info["timings"]["cache_build_s"],
             "train_images_per_s": round(sum(rates) / len(rates), 1) if rates else None,
             "epoch_seconds": [round(float(line.split(",")[-2]), 1) for line in hist[1:]],
@@ -117,15 +133,18 @@ def main() -> int:
         row["targets_met"] = {k: (row[f"test_{k}"] or 0) >= v for k, v in row["targets"].items()}
         results.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n{'dataset':16s} {'model':20s} {'px':>4s} {'ep':>3s} {'train s':>8s} {'img/s':>6s} {'val acc':>8s} "
+    print(f"\n{'dataset':16s} {'seed':>4s} {'model':20s} {'px':>4s} {'ep':>3s} {'train s':>8s} {'img/s':>6s} {'val acc':>8s} "
           f"{'test acc':>8s} {'bal acc':>8s} {'macroF1':>8s} {'AUC':>7s}")
     for r in results:
-        print(f"{r['dataset']:16s} {r['model']:20s} {r['image_size']:4d} {r['epochs']:3d} {r['train_wall_s']:8.0f} "
+        print(f"{r['dataset']:16s} {r.get('seed', '-')!s:>4s} {r['model']:20s} {r['image_size']:4d} {r['epochs']:3d} {r['train_wall_s']:8.0f} "
               f"{r['train_images_per_s'] or 0:6.1f} {r['val_accuracy']:8.4f} {r['test_accuracy']:8.4f} "
               f"{r['test_balanced_accuracy']:8.4f} {r['test_macro_f1']:8.4f} {r['test_auc'] or 0:7.4f}")
+    print("\nover seeds (mean ± sd, range = max - min, points):")
+    print("\n".join(spread_table(results)))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    keep = [p for p in previous if (p["dataset"], p["tag"]) not in {(r["dataset"], r["tag"]) for r in results}]
+    done = {(r["dataset"], r["tag"], r.get("seed")) for r in results}
+    keep = [p for p in previous if (p["dataset"], p["tag"], p.get("seed")) not in done]
     out.write_text(json.dumps(keep + results, indent=2))
     print(f"written to {out}")
     return 0

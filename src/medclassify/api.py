@@ -109,10 +109,6 @@ def train(data, out=None, **settings) -> TrainResult:
     check_keywords(settings, valid, "train")
     extras = {k: settings.pop(k, default) for k, (_, default, _) in _TRAIN_EXTRAS.items()}
     base = extras["config"].model_dump() if extras["config"] is not None else {}
-    # An explicit length means exactly that many epochs, not "at most, within the default budget".
-    # (The config helper moves this rule into TrainConfig; until then it lives here.)
-    if "epochs" in settings and "time_budget" not in settings:
-        settings["time_budget"] = None
     if out is None:
         out = base.get("out") or default_out(data)
     config = _validated({**base, **settings, "data": str(data), "out": str(out)})

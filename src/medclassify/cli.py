@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import types
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -13,97 +15,112 @@ import typer
 from .errors import MedClassifyError
 from .reporting import printable
 
-from .commands.common import _print, _reporter, app  # noqa: F401  (the app and helpers every command shares)
+from .commands.common import _config, _print, _reporter, app  # noqa: F401  (the app and helpers every command shares)
 
 
-@app.command()
-def train(
-    data: Path = typer.Argument(..., help="Dataset: a folder with one sub-folder per class (optionally inside train/val/test), or a labels CSV."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
-    model: str = typer.Option(None, help="Architecture: seed_cnn, efficientnet_lite0/1/2, or any timm name. Default: the recommended recipe."),
-    epochs: int = typer.Option(None, help="Maximum number of epochs (the time budget may run fewer)."),
-    image_size: int = typer.Option(None, "--image-size", help="Square input size in pixels."),
-    time_budget: str = typer.Option(None, "--time-budget", help="Training time budget, e.g. 15m; sizes the epochs to this machine. 'off' to disable."),
-    batch_size: int = typer.Option(None, "--batch-size"),
-    lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
-    optimizer: str = typer.Option(None, help="adamw or sgd."),
-    scheduler: str = typer.Option(None, help="cosine, step or constant (after warm-up)."),
-    augment: str = typer.Option(None, help="Augmentation preset: none, light, medical, robust."),
-    resize: str = typer.Option(None, help="pad (keep aspect ratio) or squash."),
-    normalize: str = typer.Option(None, help="fixed (model mean/std), per-image standardisation, or equalize (per-image histogram equalisation, then fixed)."),
-    channels: str = typer.Option(None, help="auto, 1 or 3."),
-    imbalance: str = typer.Option(None, help="none, weights, sqrt-weights or sampler."),
-    label_smoothing: float = typer.Option(None, "--label-smoothing"),
-    ema: bool = typer.Option(None, "--ema/--no-ema", help="Keep an exponential moving average of the weights (about one epoch long) and validate and ship it."),
-    freeze: int = typer.Option(None, "--freeze", help="Hold the first N feature stages (as timm counts them, stem included) of a pretrained backbone fixed: faster steps, less overfitting."),
-    pretrained: str = typer.Option(None, help="auto, imagenet (offline, efficientnet_lite*), hub (online) or none."),
-    weights: Path = typer.Option(None, help="Local state-dict or safetensors file to start from."),
-    patient_pattern: str = typer.Option(None, "--patient-pattern", help="Regex with a named group 'patient' (or preset: kermany, cnmc) to keep each patient in one split."),
-    splits: str = typer.Option(None, "--splits", help="Which top-level folder is which split, e.g. train=Training,test=External (other folders are left out)."),
-    val_fraction: float = typer.Option(None, "--val-fraction"),
-    test_fraction: float = typer.Option(None, "--test-fraction"),
-    early_stopping: int = typer.Option(None, "--early-stopping", help="Patience in epochs; 0 disables."),
-    monitor: str = typer.Option(None, help="Validation metric for the best checkpoint: balanced_accuracy, accuracy, macro_f1, auc, loss."),
-    precision: str = typer.Option(None, help="auto, fp32 or bf16."),
-    device: str = typer.Option(None, help="auto, cpu or cuda."),
-    seed: int = typer.Option(None),
-    threads: int = typer.Option(None, help="CPU threads for PyTorch."),
-    track: str = typer.Option(None, "--track", help="none or mlflow: log settings, epochs, test figures and files to MLflow "
-                                                 "(MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME; pip install 'medclassify[track]')."),
-    register: str = typer.Option(None, "--register", help="With --track mlflow: register the model under this name in MLflow's model registry."),
-    dedupe: bool = typer.Option(None, "--dedupe", help="Keep only the held-out copy of duplicates that cross splits (test, then val) and drop duplicate groups with conflicting labels (counted)."),
-    strict: bool = typer.Option(None, "--strict", help="Refuse to train when splits leak or duplicate labels conflict."),
-    folds: int = typer.Option(None, "--folds", help="Group k-fold cross-validation: K runs under OUT/fold_k and OUT/cv_summary.json."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory (only a medclassify run), or discard an interrupted training's checkpoint."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training (same arguments) from its last completed epoch."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE for any training setting, e.g. --set seed=1 "
-                                              "--set warmup_epochs=1 (repeatable; see run.json's config for the keys)."),
-):
-    """Train a classifier and write a self-contained run directory."""
-    from .config import TrainConfig, parse_duration, parse_overrides
+# Options of `train` that are not TrainConfig fields: (name, annotation, typer.Option).
+_TRAIN_EXTRA = [
+    ("config_file", Optional[Path], typer.Option(None, "--config", metavar="FILE.yaml", help="YAML mapping of settings "
+                                                  "(this command's option names, with underscores; a run's config.yaml "
+                                                  "works); flags and --set override it.")),
+    ("set_", Optional[list[str]], typer.Option(None, "--set", metavar="KEY=VALUE", help="Any setting, e.g. --set seed=1 "
+                                               "--set warmup_epochs=1 (repeatable; the keys are the options above).")),
+    ("folds", Optional[int], typer.Option(None, "--folds", help="Group k-fold cross-validation: K runs under OUT/fold_k "
+                                          "and OUT/cv_summary.json.")),
+    ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace an existing run directory (only a medclassify "
+                                     "run), or discard an interrupted training's checkpoint.")),
+    ("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted training (same arguments) from its "
+                                  "last completed epoch.")),
+    ("quiet", bool, typer.Option(False, "--quiet", "-q", help="Print only warnings and the result.")),
+]
+_CONFIG_FLAGS = {"image_size": "--image-size", "register_model": "--register"}  # spellings kept from before the options were generated
 
-    given = {k: v for k, v in dict(
-        model=model, epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr, optimizer=optimizer,
-        scheduler=scheduler, augment=augment, resize=resize, normalize=normalize, imbalance=imbalance,
-        label_smoothing=label_smoothing, freeze=freeze, ema=ema, pretrained=pretrained, weights=str(weights) if weights else None,
-        patient_pattern=patient_pattern, val_fraction=val_fraction, test_fraction=test_fraction,
-        early_stopping=early_stopping, monitor=monitor, precision=precision, device=device, seed=seed, threads=threads,
-        dedupe=dedupe, strict=strict, splits=splits, track=track, register_model=register,
-    ).items() if v is not None}
-    if channels is not None:
-        given["channels"] = channels if channels == "auto" else int(channels) if channels.isdigit() else channels
-    if time_budget is not None:
-        given["time_budget"] = parse_duration(time_budget)
-    given.update(parse_overrides(set_ or [], given))
-    if "epochs" in given and "time_budget" not in given:
-        given["time_budget"] = None  # an explicit epoch count is honoured exactly
-    config = _config(TrainConfig, data=str(data), out=str(out), **given)
+
+def _field_option(name: str, field) -> tuple[object, object]:
+    """A TrainConfig field as a typer option: its type (Literal -> choices, bool -> --x/--no-x flag),
+    its real default shown in --help, its description as the help text. Whether the user gave it is
+    read from click's parameter source, so a config file sits between the defaults and the flags."""
+    import typing
+
+    flag = "--" + name.replace("_", "-")
+    ann, default = field.annotation, field.default
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    shown: object = True
+    if ann is bool:
+        return bool, typer.Option(default, f"{flag}/--no-{name.replace('_', '-')}", help=field.description)
+    if name == "time_budget":
+        ann, default = Optional[str], "off"
+    elif name == "channels":
+        ann = Literal["auto", "1", "3"]
+    elif typing.get_origin(ann) is Literal:
+        pass
+    elif args and typing.get_origin(ann) in (typing.Union, types.UnionType):
+        ann = Optional[args[0]]
+    if default is None:
+        shown = False
+    return ann, typer.Option(default, _CONFIG_FLAGS.get(name, flag), help=field.description, show_default=shown)
+
+
+def _train_signature() -> inspect.Signature:
+    from .config import TrainConfig
+
+    P = inspect.Parameter
+    fields = TrainConfig.model_fields
+    params = [P("ctx", P.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+              P("data", P.POSITIONAL_OR_KEYWORD, annotation=Path, default=typer.Argument(..., help=fields["data"].description)),
+              P("out", P.KEYWORD_ONLY, annotation=Path, default=typer.Option(..., "--out", "-o", help=fields["out"].description))]
+    for name, field in fields.items():
+        if name not in ("data", "out"):
+            ann, option = _field_option(name, field)
+            params.append(P(name, P.KEYWORD_ONLY, annotation=ann, default=option))
+    params += [P(name, P.KEYWORD_ONLY, annotation=ann, default=option) for name, ann, option in _TRAIN_EXTRA]
+    return inspect.Signature(params)
+
+
+def resolve_train_config(data: Path, out: Path, values: dict, explicit: set[str], config_file: Optional[Path],
+                         pairs: list[str]):
+    """Defaults < the --config file < flags and --set; the result validated once as a TrainConfig."""
+    from .config import TrainConfig, coerce_setting, load_config_file, parse_overrides
+
+    settings = load_config_file(config_file) if config_file else {}
+    given = {}
+    for name in explicit:
+        value = values[name]
+        if name == "channels" and value != "auto":
+            value = int(value)
+        elif name == "time_budget":
+            value = coerce_setting(name, value, "--time-budget")
+        given[name] = value
+    given.update(parse_overrides(pairs, given))
+    settings.update(given)
+    settings.update(data=str(data), out=str(out))
+    return _config(TrainConfig, **settings)
+
+
+def train(ctx: typer.Context, data: Path, out: Path, **values):
+    """Train a classifier and write a self-contained run directory.
+
+    The bare command trains the recommended recipe for a fixed number of epochs, so the same data, seed and version give the same model on any machine; --time-budget is the opt-in alternative."""
+    extra = {name: values.pop(name) for name, _, _ in _TRAIN_EXTRA}
+    explicit = {k for k in values if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
+    config = resolve_train_config(data, out, values, explicit, extra["config_file"], extra["set_"] or [])
     from .evaluation.tables import metrics_table
     from .training.fit import train as run_training
 
-    if folds is not None:
+    quiet, overwrite, resume = extra["quiet"], extra["overwrite"], extra["resume"]
+    if extra["folds"] is not None:
         from .training.crossval import cross_validate, summary_lines
 
-        summary = cross_validate(config, folds, reporter=_reporter(quiet), overwrite=overwrite, resume=resume)
+        summary = cross_validate(config, extra["folds"], reporter=_reporter(quiet), overwrite=overwrite, resume=resume)
         typer.echo("\n".join(summary_lines(summary)))
         return
     result = run_training(config, reporter=_reporter(quiet), overwrite=overwrite, resume=resume)
-    _print(*metrics_table(result.val_metrics, f"validation (best epoch {result.best_epoch})"))
+    _print(*metrics_table(result.val_metrics, f"validation (kept: {result.selection})"))
     typer.echo(f"Run written to {result.run_dir}")
 
 
-def _config(cls, **values):
-    from pydantic import ValidationError
-
-    from .errors import ConfigError
-
-    try:
-        return cls(**values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(x) for x in err["loc"]).replace("_", "-")
-        raise ConfigError(f"Invalid --{field}: {err['msg']} (got {err.get('input')!r}).", "see `medclassify train --help`.") from None
+train.__signature__ = _train_signature()
+app.command()(train)
 
 
 @app.command()

@@ -245,7 +245,7 @@ CHECKPOINT = "checkpoint.json"  # the per-epoch checkpoint's commit point (see t
 CHECKPOINT_TENSORS = "checkpoint-*.safetensors"
 LOCK = "lock.json"
 # What a partial training folder may hold: the run's own files, the checkpoint, and atomic-write temporaries.
-_OURS = ("run.json", "model.safetensors", "last.safetensors", "split.csv", "skipped.csv", "history.csv", "metrics",
+_OURS = ("run.json", "config.yaml", "model.safetensors", "last.safetensors", "split.csv", "skipped.csv", "history.csv", "metrics",
          CHECKPOINT, LOCK, CHECKPOINT_TENSORS, ".*.partial-*")
 
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import yaml
 
-from ..config import TrainConfig, parse_duration
+from ..config import TrainConfig
 from ..data.compose import compose, map_label, read_yaml, resolve_path, source_mapping
 from ..data.sources import scan_folder
 from ..io import check_output_file, check_replaceable_dir, write_text
@@ -90,9 +90,7 @@ def train_cascade(path: str | Path, reporter: Reporter | None = None, overwrite:
             out[n] = stage.run
             continue
         data = write_stage_spec(spec, stage, final, stage_spec_path(stage))
-        options = {**spec.train, **stage.train}
-        if "time_budget" in options:
-            options["time_budget"] = parse_duration(options["time_budget"])
+        options = {**spec.train, **stage.train}  # TrainConfig reads '4m' budgets and applies the epochs rule
         try:
             config = TrainConfig(data=str(data), out=str(stage.run), **options)
         except Exception as e:

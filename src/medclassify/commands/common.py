@@ -4,8 +4,11 @@ not in cli.py, so the command modules never import cli.py, which imports them.""
 from __future__ import annotations
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
+from ..config import PredictOptions
+from ..errors import ConfigError
 from ..reporting import Reporter
 from ..version import __version__
 
@@ -33,3 +36,18 @@ def _print(*renderables) -> None:
     console = Console()
     for r in renderables:
         console.print(r)
+
+
+def _config(cls, command: str = "train", **values):
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]).replace("_", "-") or "settings"
+        raise ConfigError(f"Invalid --{field}: {err['msg']} (got {err.get('input')!r}).",
+                          f"see `medclassify {command} --help`.") from None
+
+
+def predict_options(command: str, **values):
+    """The inference options of predict, serve and the cascades, validated once (config.PredictOptions)."""
+    return _config(PredictOptions, command, **values)

@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import _print, _reporter, app
+from ..config import PredictOptions, predict_default
+from .common import _print, _reporter, app, predict_options
 
 
 @app.command()
@@ -19,12 +20,13 @@ def predict(
     patient_pattern: Optional[str] = typer.Option(None, "--patient-pattern", help="Regex with a named group 'patient' (or preset: kermany, cnmc): also write per-patient probabilities."),
     patient_agg: str = typer.Option("mean", "--patient-agg", help="mean or max of the image probabilities per patient."),
     patients_out: Optional[Path] = typer.Option(None, "--patients-out", help="Per-patient CSV (default: OUT with -patients before .csv)."),
-    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Test-time augmentation: average the image and its "
-                                       "mirror (default: what evaluate chose on the run's validation split)."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help=PredictOptions.model_fields["tta"].description),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: predict only part i of n of the sorted inputs (split a large job across machines)."),
-    abstain_below: float = typer.Option(0.6, "--abstain-below", help="Flag predictions whose top probability is under this."),
-    backend: str = typer.Option("auto", help="auto (ONNX Runtime when the run has model.onnx), onnx, onnx-int8 (after export --int8) or torch."),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    abstain_below: float = typer.Option(predict_default("abstain_below"), "--abstain-below",
+                                        help=PredictOptions.model_fields["abstain_below"].description),
+    backend: str = typer.Option(predict_default("backend"), help=PredictOptions.model_fields["backend"].description),
+    batch_size: int = typer.Option(predict_default("batch_size"), "--batch-size",
+                                   help=PredictOptions.model_fields["batch_size"].description),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Predict images with a trained run; writes per-class probabilities and the predicted class to a CSV."""
@@ -36,8 +38,9 @@ def predict(
     target = patients_out or out.with_name(out.stem + "-patients" + (out.suffix or ".csv"))
     if patient_pattern:  # both outputs are checked before any image is read
         check_output_inputs(target, run, inputs)
-    preds = predict_files(run, inputs, out, reporter=_reporter(quiet), backend=backend, tta=tta,
-                          abstain_below=abstain_below, shard=shard, batch_size=batch_size)
+    options = predict_options("predict", backend=backend, tta=tta, abstain_below=abstain_below, batch_size=batch_size)
+    preds = predict_files(run, inputs, out, reporter=_reporter(quiet), backend=options.backend, tta=options.tta,
+                          abstain_below=options.abstain_below, shard=shard, batch_size=options.batch_size)
     if preds and all(p.error for p in preds):
         from ..errors import DataError
 

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from .common import app
+from ..config import PredictOptions, predict_default
+from .common import app, predict_options
 
 
 @app.command()
@@ -32,10 +33,10 @@ def serve(
                                   "serialises one process's request handling: on 2 cores, --processes 2 served about "
                                   "1.1-1.5x more requests (each process holds its own copy of the model)."),
     queue: int = typer.Option(32, "--queue", help="Requests allowed to wait; more are answered 503."),
-    abstain_below: float = typer.Option(0.6, "--abstain-below", help="Flag answers whose top probability is under this."),
-    backend: str = typer.Option("auto", help="auto (ONNX Runtime when exported), onnx, onnx-int8 (after export --int8) or torch."),
-    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Average each image with its mirror (twice the work; "
-                                       "default: what evaluate chose on the run's validation split)."),
+    abstain_below: float = typer.Option(predict_default("abstain_below"), "--abstain-below",
+                                        help=PredictOptions.model_fields["abstain_below"].description),
+    backend: str = typer.Option(predict_default("backend"), help=PredictOptions.model_fields["backend"].description),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help=PredictOptions.model_fields["tta"].description),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime threads per request (default: cores / workers)."),
 ):
     """Serve a run or a cascade over HTTP: REST API (/v1/predict, /v1/explain, /v1/model, /health) and a web page at /."""
@@ -58,7 +59,8 @@ def serve(
                              workers=per_process, queue=-(-queue // processes), api_key=key,
                              allowed_hosts=[*allowed_host, *([host] if host not in ("0.0.0.0", "::", "") else [])])
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
-    model_kw = {"backend": backend, "abstain_below": abstain_below, "threads": threads, "tta": tta}
+    options = predict_options("serve", backend=backend, abstain_below=abstain_below, threads=threads, tta=tta)
+    model_kw = options.model_dump(include={"backend", "abstain_below", "threads", "tta"})
     # Built here even with several processes: a bad run or cascade fails now, in one line, not in N children.
     application = create_app(target, settings, **model_kw)
     import uvicorn

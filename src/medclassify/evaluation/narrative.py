@@ -50,6 +50,7 @@ def facts(info: dict, metrics: dict) -> dict:
         "threshold": None if not op else {"value": op["threshold"], "target": op["target"],
                                           "positive_class": op["positive_class"]},
         "best_epoch": info.get("best_epoch"),
+        "selection": info.get("selection"),
         "epochs_run": info.get("epochs_run"),
         "warnings": list(metrics.get("warnings") or []),
     }
@@ -119,8 +120,12 @@ def threshold_sentence(f: dict) -> str:
 def selection_sentence(f: dict) -> str:
     if f.get("best_epoch") is None:
         return "The run records no kept epoch."
-    return (f"Of {f.get('epochs_run') or '?'} epoch(s), the model kept is the one from epoch {f['best_epoch']}, "
-            "the best on validation.")
+    sel, run = f.get("selection") or {"select": "best"}, f.get("epochs_run") or "?"
+    if sel.get("select") == "average" and len(sel.get("epochs") or []) > 1:
+        return f"Of {run} epoch(s), the model kept is the average of the weights of epochs {sel['epochs'][0]}-{sel['epochs'][-1]}."
+    if sel.get("select") in ("last", "average"):
+        return f"Of {run} epoch(s), the model kept is the one from the last, epoch {f['best_epoch']}."
+    return f"Of {run} epoch(s), the model kept is the one from epoch {f['best_epoch']}, the best on validation."
 
 
 def console_lines(f: dict) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Literal, Sequence
 import numpy as np
 import torch
 
+from ..config import Backend, PredictOptions, predict_default
 from ..data.images import UnreadableImage, array_for_model, load_for_model
 from ..data.listing import list_image_files
 from ..data.sources import compile_patient_pattern, patient_from_match
@@ -31,10 +32,9 @@ from ..run import Run, load_run
 from . import exported
 from .exported import INT8_FILE
 
-# A prediction whose top probability is under this is flagged `abstain` (configurable everywhere).
-DEFAULT_ABSTAIN_BELOW = 0.6
-Backend = Literal["auto", "onnx", "onnx-int8", "torch"]
-BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
+# A prediction whose top probability is under this is flagged `abstain`: config.PredictOptions holds the defaults.
+DEFAULT_ABSTAIN_BELOW = predict_default("abstain_below")
+BACKENDS = tuple(Backend.__args__)
 
 
 @dataclass
@@ -75,9 +75,13 @@ def _onnxruntime_available() -> bool:
 class Predictor:
     def __init__(self, run: Run | str | Path, batch_size: int = 32, backend: Backend = "auto",
                  abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, tta: bool | None = None, threads: int | None = None,
-                 use_operating_point: bool = True, onnx_file: Path | None = None):
-        """`onnx_file`: run this ONNX file whatever export.json says (export and quantize check a new
+                 use_operating_point: bool = True, onnx_file: Path | None = None, options: PredictOptions | None = None):
+        """`options`, when given, replaces backend, TTA, abstain threshold, threads and batch size.
+        `onnx_file`: run this ONNX file whatever export.json says (export and quantize check a new
         model from its temporary name before they commit it)."""
+        if options is not None:
+            batch_size, backend, abstain_below = options.batch_size, options.backend, options.abstain_below
+            tta, threads = options.tta, options.threads
         self.run = run if isinstance(run, Run) else load_run(run)
         self.prep = self.run.preprocessing
         self.classes = self.run.classes

@@ -30,7 +30,7 @@ from ..models import create_model, get_spec
 from ..reporting import Reporter
 from ..runtime import autocast_context, choose_amp_dtype
 from ..run import FORMAT_VERSION, RunWriter, load_run, read_split_csv, save_weights, write_split_csv
-from .callbacks import BestCheckpoint, EarlyStopping, History, WeightAverage
+from .callbacks import BestCheckpoint, EarlyStopping, History, LastEpochsAverage, WeightAverage
 from .checkpoint import (check_resumable, config_snapshot, load_checkpoint, load_optimizer_state, optimizer_state,
                          prefixed, restore_rng, rng_state, save_checkpoint, unprefixed)
 from .freeze import freeze_stages, keep_frozen_eval, stage_modules
@@ -41,7 +41,7 @@ from .tracking import Tracker, make_tracker
 from .validation import choose_tta
 
 DEFAULT_FREEZE = 2  # stem and first stages of a pretrained backbone: 1.4x faster steps (benchmarks/accuracy.py)
-CALIBRATION_STEPS = 6  # steps timed (after 2 warm-up steps) to size epochs to the time budget
+CALIBRATION_STEPS = 6  # steps timed (after 2 warm-up steps): the duration estimate, or the epochs of a time budget
 
 
 def seed_everything(seed: int) -> None:
@@ -104,6 +104,7 @@ class TrainResult:
     epochs_run: int
     val_metrics: dict
     train_seconds: float
+    selection: str = ""  # which weights ship, in words: "last epoch 10", "average of epochs 8-10", "best epoch 3"
 
 
 class Trainer:
@@ -123,6 +124,7 @@ class Trainer:
         self.frozen_stages = 0
         self.planned_seconds = 0.0  # under a time budget: when the planned epochs should end, from t_start
         self.tracker: Tracker = Tracker()
+        self.selection: dict = {}  # which weights ship (run.json "selection"), set at the end of run()
 
     def build_model(self) -> nn.Module:
         c = self.config
@@ -160,6 +162,7 @@ class Trainer:
         history = History(writer.path / "history.csv")
         best = BestCheckpoint(writer.path / "model.safetensors", c.monitor)
         stopper = EarlyStopping(c.early_stopping)
+        average = LastEpochsAverage(c.average_epochs) if c.select == "average" else None
         ema = WeightAverage(model, steps_per_epoch) if c.ema else None
         rep.info(f"Training {c.model} ({resolve_pretrained(c)} weights) on {n_train} images, validating on "
                  f"{len(self.val_rows)}; {self.prep.channels} channel(s), {self.prep.image_size} px, "
@@ -171,10 +174,10 @@ class Trainer:
         step, t_start, epoch_done = 0, time.perf_counter(), 0
         t_decay = t_start
         self.planned_seconds = c.time_budget or 0.0  # until the first-steps calibration
-        calibrated = c.time_budget is None
+        calibrated = False  # the first steps are timed: a duration estimate, or the plan of a time budget
         finished = False
         parts = dict(model=model, optimizer=optimizer, ema=ema, scaler=scaler, rng=rng, gen=gen, history=history,
-                     best=best, stopper=stopper)
+                     best=best, stopper=stopper, average=average)
         if writer.resuming:
             loop = self._restore(writer.path, **parts)
             epoch_done, step, epochs, total_steps = loop["epoch"], loop["step"], loop["epochs"], loop["total_steps"]
@@ -182,6 +185,7 @@ class Trainer:
             t_start = time.perf_counter() - loop["elapsed_s"]  # a time budget continues the saved plan
             t_decay = t_start + loop["decay_offset_s"]
             rep.info(f"Resuming after epoch {epoch_done} (of {epochs} planned) from the checkpoint in {writer.path}.")
+        t_loop, done_at_loop = time.perf_counter(), epoch_done  # the ETA counts this session's epochs only
         writer.training_started = True
         last = epoch_done if finished else c.epochs  # the plan may end sooner: see `finished` below
         for epoch in range(epoch_done + 1, last + 1):
@@ -234,8 +238,11 @@ class Trainer:
                     if not calibrated and b == 1:
                         t_cal = time.perf_counter()
                     if not calibrated and t_cal and b == 1 + CALIBRATION_STEPS:
-                        epochs, total_steps = self._fit_budget(t_cal, CALIBRATION_STEPS * c.batch_size,
-                                                                t_epoch - t_start, steps_per_epoch, epochs)
+                        if c.time_budget:
+                            epochs, total_steps = self._fit_budget(t_cal, CALIBRATION_STEPS * c.batch_size,
+                                                                    t_epoch - t_start, steps_per_epoch, epochs)
+                        else:
+                            self._estimate(t_cal, CALIBRATION_STEPS * c.batch_size, epochs - epoch_done)
                         calibrated = True
             train_s = time.perf_counter() - t_epoch
             shipped = ema.module if ema else model
@@ -244,6 +251,8 @@ class Trainer:
             val = compute_metrics(self.val_labels, val_probs, self.classes)
             val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(self.val_labels)))
             improved = best.update(shipped, epoch, val)
+            if average:
+                average.collect(shipped, epoch, epochs)
             epoch_done = epoch
             lr_now = optimizer.param_groups[0]["lr"]
             history.append({"epoch": epoch, "lr": lr_now, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
@@ -254,7 +263,7 @@ class Trainer:
             auc = f"{val['auc']:.4f}" if val["auc"] is not None else "n/a"
             rep.info(f"epoch {epoch}/{epochs}: loss {loss_sum / seen:.4f}, val loss {val['loss']:.4f}, "
                      f"val acc {val['accuracy']:.4f}, bal acc {val['balanced_accuracy']:.4f}, AUC {auc}, "
-                     f"{seen / train_s:.1f} img/s{' *' if improved else ''}")
+                     f"{seen / train_s:.1f} img/s{' *' if improved else ''}{eta_text(t_loop, epoch - done_at_loop, epochs - epoch)}")
             finished = stopper.step(improved)
             if finished:
                 rep.info(f"Early stopping: no improvement of val {c.monitor} for {c.early_stopping} epochs.")
@@ -266,27 +275,42 @@ class Trainer:
                     "elapsed_s": time.perf_counter() - t_start, "decay_offset_s": t_decay - t_start}
             self._checkpoint(writer.path, loop, **parts)  # the commit point of this epoch
             history.write()
-            if improved:
+            if improved and c.select == "best":
                 best.save(shipped)
             self.tracker.log_epoch(epoch, history.rows[-1])
             if finished:
                 break
-        save_weights(ema.module if ema else model, writer.path / "last.safetensors")
-        return TrainResult(writer.path, best.best_epoch, epoch_done, {}, time.perf_counter() - t_start)
+        shipped = ema.module if ema else model
+        save_weights(shipped, writer.path / "last.safetensors")
+        # An average that collected nothing (a budget or early stop ended the plan first) ships the last epoch.
+        kept, selection, epochs_kept = epoch_done, f"last epoch {epoch_done}", [epoch_done]
+        if c.select == "best":
+            kept, selection, epochs_kept = best.best_epoch, f"best epoch {best.best_epoch} (val {c.monitor})", [best.best_epoch]
+        elif average and average.epochs:
+            selection, epochs_kept = f"average of epochs {average.epochs[0]}-{average.epochs[-1]}", average.epochs
+        if c.select != "best":
+            final = average.apply(shipped) if average else shipped
+            # One metadata key: safetensors writes several in a random order, and the file must be byte-identical.
+            save_weights(final, writer.path / "model.safetensors", metadata={"epoch": str(kept)})
+        self.selection = {"select": c.select, "epoch": kept, "epochs": epochs_kept}
+        return TrainResult(writer.path, kept, epoch_done, {}, time.perf_counter() - t_start, selection)
 
-    def _checkpoint(self, folder: Path, loop: dict, model, optimizer, ema, scaler, rng, gen, history, best, stopper) -> None:
+    def _checkpoint(self, folder: Path, loop: dict, model, optimizer, ema, scaler, rng, gen, history, best, stopper,
+                    average) -> None:
         opt_tensors, opt_meta = optimizer_state(optimizer)
         rng_tensors, rng_meta = rng_state(rng, gen, self.device)
         tensors = {**prefixed("model", model.state_dict()), **opt_tensors, **rng_tensors}
         if ema:
             tensors.update(prefixed("ema", ema.module.state_dict()))
+        if average:
+            tensors.update(average.tensors())
         meta = {"config": config_snapshot(self.config.model_dump()), "loop": loop, "optimizer": opt_meta, "rng": rng_meta,
                 "best": best.state(), "early_stopping": {"bad_epochs": stopper.bad_epochs},
                 "ema_steps": ema.steps if ema else None, "scaler": scaler.state_dict() if scaler else None,
-                "history": history.rows}
+                "history": history.rows, "average": average.state() if average else None}
         save_checkpoint(folder, loop["epoch"], tensors, meta)
 
-    def _restore(self, folder: Path, model, optimizer, ema, scaler, rng, gen, history, best, stopper) -> dict:
+    def _restore(self, folder: Path, model, optimizer, ema, scaler, rng, gen, history, best, stopper, average) -> dict:
         tensors, meta = load_checkpoint(folder)
         model.load_state_dict(unprefixed("model", tensors))
         load_optimizer_state(optimizer, tensors, meta["optimizer"])
@@ -299,9 +323,11 @@ class Trainer:
         best.load_state(meta["best"])
         stopper.bad_epochs = meta["early_stopping"]["bad_epochs"]
         history.rows = meta["history"]
+        if average:
+            average.load(tensors, meta.get("average") or {"epochs": []})
         # Writes that follow a checkpoint's commit, redone in case the kill came between them.
         history.write()
-        if best.best_epoch == meta["epoch"]:
+        if best.best_epoch == meta["epoch"] and self.config.select == "best":
             best.save(ema.module if ema else model)
         return meta["loop"]
 
@@ -314,6 +340,13 @@ class Trainer:
         self.reporter.info(f"Time budget {c.time_budget / 60:.1f} min: {1 / per_img:.1f} img/s, about {epoch_s:.0f} s "
                            f"per epoch -> {epochs} epoch(s).")
         return epochs, epochs * steps_per_epoch
+
+    def _estimate(self, t_cal: float, images_timed: int, epochs_left: int) -> None:
+        """Informational only: the plan is fixed, whatever this says."""
+        per_img = (time.perf_counter() - t_cal) / images_timed
+        epoch_s = per_img * len(self.train_rows) + per_img * 0.35 * len(self.val_rows)
+        self.reporter.info(f"Plan: {epochs_left} epoch(s) of {len(self.train_rows)} images; at {1 / per_img:.1f} img/s "
+                           f"that is about {duration_text(epochs_left * epoch_s)} on this machine.")
 
     def _replan(self, t_start: float, done: int, planned: int, steps_per_epoch: int) -> tuple[int, int]:
         """After each epoch, size the rest of the run from whole measured epochs (training and
@@ -329,6 +362,23 @@ class Trainer:
         elif epochs != planned:
             self.reporter.info(f"Time budget: {elapsed / done:.0f} s per epoch measured -> {epochs} epoch(s) in all.")
         return epochs, epochs * steps_per_epoch
+
+
+def duration_text(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 90:
+        return f"{seconds} s"
+    h, m = divmod(round(seconds / 60), 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min"
+
+
+def eta_text(t_loop: float, epochs_timed: int, epochs_left: int) -> str:
+    """', about 12 min left (ETA 14:05)' from the mean epoch time of this session's epochs."""
+    if epochs_timed <= 0 or epochs_left <= 0:
+        return ""
+    left = (time.perf_counter() - t_loop) / epochs_timed * epochs_left
+    at = (dt.datetime.now() + dt.timedelta(seconds=left)).strftime("%H:%M")
+    return f"; about {duration_text(left)} left (ETA {at})"
 
 
 def epochs_within_budget(elapsed: float, done: int, budget: float, max_epochs: int) -> int:
@@ -418,7 +468,8 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
         "preprocessing": data.preprocessing.model_dump(),
         "data": data.summary(),
         "audit": data.audit,
-        "environment": {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()},
+        "environment": environment(trainer.device),
+        "data_fingerprint": data_fingerprint(data),
         "interrupted": True,  # until the run is committed: a partial folder left behind is marked so
     }
     if tracking:
@@ -436,11 +487,13 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
     if data.skipped:
         write_csv(writer.path / "skipped.csv", ["path", "reason"], data.skipped.items())
     write_json(writer.path / "run.json", info)
+    write_config_yaml(writer.path / "config.yaml", config)
     result = trainer.run(writer)
     run = load_run(writer.path)
     run.update(
         interrupted=None,
         best_epoch=result.best_epoch,
+        selection=trainer.selection,
         epochs_run=result.epochs_run,
         timings={"prepare_s": round(prep_s, 1), "cache_hit": data.cache.hit,
                  "cache_build_s": round(data.cache.build_seconds, 1), "train_s": round(result.train_seconds, 1)},
@@ -468,6 +521,42 @@ def tracked_params(info: dict) -> dict:
             "frozen_stages": info["frozen_stages"], "classes": ",".join(info["classes"]),
             "resolved_channels": info["preprocessing"].get("channels"), "medclassify_version": info["medclassify_version"],
             "torch_version": info["environment"]["torch"]}
+
+
+def environment(device: torch.device) -> dict:
+    """What the same-seed, same-data promise depends on: the versions of the numeric stack and the device."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "medclassify": __version__}
+    for name in ("torch", "torchvision", "timm", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    out.update({"device": str(device), "device_name": name, "threads": torch.get_num_threads()})
+    return out
+
+
+def data_fingerprint(data: PreparedData) -> str:
+    """The cache's key of the image files (paths, sizes, modification times) and of their split."""
+    from ..data.cache import files_key
+
+    return files_key(sorted(r.path for r in data.records),
+                     "data|" + "|".join(f"{r.label}:{r.split}" for r in sorted(data.records, key=lambda r: r.path)))
+
+
+def write_config_yaml(path: Path, config: TrainConfig) -> None:
+    """The resolved settings, readable back with `medclassify train --config config.yaml`."""
+    import yaml
+
+    from ..io import write_text
+
+    settings = config.model_dump()
+    if settings["time_budget"]:  # a duration needs its unit to be read back
+        settings["time_budget"] = f"{settings['time_budget']:g}s"
+    write_text(path, "# medclassify " + __version__ + ": the resolved training settings of this run\n"
+               + yaml.safe_dump(settings, sort_keys=False))
 
 
 def check_same_split(path: Path, records) -> None:
