@@ -493,7 +493,7 @@ CASES: list[Case] = [
     C("cli-strict-true", dataset(), ["train", "{t}/mydata", "--out", "{t}/out", "--strict", "true"], {2}, real=True, parser=True),
     C("cli-set-seed", dataset(), train("{t}/mydata", "{t}/out", "--set", "seed=1"), {0}, ["{t}/out"], real=True, parser=True),
     C("cli-set-unknown-key", dataset(), train("{t}/mydata", "{t}/out", "--set", "nosuch=1"), {2}, ["{t}/out"], names=("nosuch",), real=True),
-    C("cli-time-budget-no-unit", dataset(), train("{t}/mydata", "{t}/out", "--time-budget", "15"), {0, 2}, ["{t}/out"], real=True, parser=True),
+    C("cli-time-budget-no-unit", dataset(), train("{t}/mydata", "{t}/out", "--time-budget", "15"), {2}, ["{t}/out"], names=("15m",), real=True),
     C("cli-predict-no-inputs", nothing, ["predict"], {2}, real=True, parser=True),
     C("cli-bootstrap-below-minimum", nothing, ["evaluate", "{run}", "--bootstrap", "5"], {2}, RUN_OUT, needs="run", real=True, parser=True),
     C("cli-float-not-a-number", nothing, ["evaluate", "{run}", "--target-sensitivity", "high"], {2}, RUN_OUT, needs="run", real=True, parser=True),

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from medclassify.cli import main, resolve_train_config
+from medclassify.cli import _CONFIG_FLAGS, main, resolve_train_config
 from medclassify.config import DEFAULT_MAX_EPOCHS, PredictOptions, TrainConfig, recipe_epochs
 from medclassify.errors import ConfigError
 
@@ -28,7 +28,7 @@ def test_help_lists_every_field_with_its_default():
     for name, field in TrainConfig.model_fields.items():
         if name in ("data", "out"):
             continue
-        flag = "--" + name.replace("_", "-")
+        flag = _CONFIG_FLAGS.get(name, "--" + name.replace("_", "-"))
         line = next((x for x in lines if x.lstrip("│ *").startswith(f"{flag} ")), None)
         assert line is not None, f"{flag} missing from train --help"
         default = field.default
