@@ -195,10 +195,10 @@ class Trainer:
         last = state.epoch_done if state.finished else self.config.epochs  # the plan may end sooner (state.finished)
         for epoch in range(state.epoch_done + 1, last + 1):
             t_epoch = time.perf_counter()
-            train = self.train_one_epoch(state, epoch, t_epoch)
-            train["seconds"] = time.perf_counter() - t_epoch
+            train_stats = self.train_one_epoch(state, epoch, t_epoch)
+            train_stats["seconds"] = time.perf_counter() - t_epoch
             val = self.validate(state)
-            self.end_of_epoch(state, writer.path, epoch, train, val, t_epoch)
+            self.end_of_epoch(state, writer.path, epoch, train_stats, val, t_epoch)
             if state.finished:
                 break
         return self._finish(state, writer.path)
