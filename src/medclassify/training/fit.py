@@ -107,6 +107,48 @@ class TrainResult:
     selection: str = ""  # which weights ship, in words: "last epoch 10", "average of epochs 8-10", "best epoch 3"
 
 
+@dataclass
+class RunState:
+    """What one training run holds from step to step: the objects a checkpoint saves, and the loop's
+    counters and clocks (`loop_state` is the checkpoint's "loop")."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]  # the schedule multiplies these
+    scaler: torch.amp.GradScaler | None
+    amp: torch.dtype | None
+    class_weights: torch.Tensor | None
+    loss_fn: nn.Module
+    rng: np.random.Generator  # the epoch order
+    gen: torch.Generator  # the augmentation
+    history: History
+    best: BestCheckpoint
+    stopper: EarlyStopping
+    average: LastEpochsAverage | None
+    ema: WeightAverage | None
+    steps_per_epoch: int
+    warmup: int  # steps
+    epochs: int  # planned; a time budget re-plans them
+    total_steps: int
+    cap_steps: int  # the configured epochs' steps
+    epoch_done: int = 0
+    step: int = 0
+    calibrated: bool = False  # the first steps are timed: a duration estimate, or the plan of a time budget
+    finished: bool = False
+    t_start: float = 0.0
+    t_decay: float = 0.0  # when the decay began (the end of the warm-up)
+    t_loop: float = 0.0  # when this session's epochs began, for the ETA
+    done_at_loop: int = 0
+
+    @property
+    def shipped(self) -> nn.Module:
+        return self.ema.module if self.ema else self.model
+
+    def loop_state(self, planned_seconds: float) -> dict:
+        return {"epoch": self.epoch_done, "step": self.step, "epochs": self.epochs, "total_steps": self.total_steps,
+                "calibrated": self.calibrated, "finished": self.finished, "planned_seconds": planned_seconds,
+                "elapsed_s": time.perf_counter() - self.t_start, "decay_offset_s": self.t_decay - self.t_start}
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, data: PreparedData, reporter: Reporter):
         self.config, self.data, self.reporter = config, data, reporter
@@ -142,7 +184,28 @@ class Trainer:
         return model.to(self.device).to(memory_format=torch.channels_last)
 
     def run(self, writer: RunWriter) -> TrainResult:
-        c, rep = self.config, self.reporter
+        state = self._setup(writer.path)
+        self._describe(state)
+        state.t_start = state.t_decay = time.perf_counter()
+        self.planned_seconds = self.config.time_budget or 0.0  # until the first-steps calibration
+        if writer.resuming:
+            self._resume(writer.path, state)
+        state.t_loop, state.done_at_loop = time.perf_counter(), state.epoch_done  # the ETA counts this session's epochs
+        writer.training_started = True
+        last = state.epoch_done if state.finished else self.config.epochs  # the plan may end sooner (state.finished)
+        for epoch in range(state.epoch_done + 1, last + 1):
+            t_epoch = time.perf_counter()
+            train_stats = self.train_one_epoch(state, epoch, t_epoch)
+            train_stats["seconds"] = time.perf_counter() - t_epoch
+            val = self.validate(state)
+            self.end_of_epoch(state, writer.path, epoch, train_stats, val, t_epoch)
+            if state.finished:
+                break
+        return self._finish(state, writer.path)
+
+    def _setup(self, folder: Path) -> RunState:
+        """Model, optimiser, loss and callbacks, made in the order that fixes what the seed produces."""
+        c = self.config
         seed_everything(c.seed)
         model = self.build_model()
         amp = choose_amp_dtype(model, self.device, c.precision)
@@ -151,184 +214,214 @@ class Trainer:
         loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(self.device),
                                       label_smoothing=c.label_smoothing)
         optimizer = build_optimizer(model, c)
-        base_lrs = [g["lr"] for g in optimizer.param_groups]
-        n_train = len(self.train_rows)
-        steps_per_epoch = max(1, math.ceil(n_train / c.batch_size))
-        epochs = c.epochs
-        total_steps = epochs * steps_per_epoch
-        warmup = int(c.warmup_epochs * steps_per_epoch)
-        rng = np.random.default_rng(c.seed)
-        gen = torch.Generator().manual_seed(c.seed)
-        history = History(writer.path / "history.csv")
-        best = BestCheckpoint(writer.path / "model.safetensors", c.monitor)
-        stopper = EarlyStopping(c.early_stopping)
-        average = LastEpochsAverage(c.average_epochs) if c.select == "average" else None
-        ema = WeightAverage(model, steps_per_epoch) if c.ema else None
-        rep.info(f"Training {c.model} ({resolve_pretrained(c)} weights) on {n_train} images, validating on "
-                 f"{len(self.val_rows)}; {self.prep.channels} channel(s), {self.prep.image_size} px, "
-                 f"precision {'fp32' if amp is None else str(amp).removeprefix('torch.')}, device {self.device}.")
+        steps_per_epoch = max(1, math.ceil(len(self.train_rows) / c.batch_size))
+        return RunState(
+            model=model, optimizer=optimizer, base_lrs=[g["lr"] for g in optimizer.param_groups], scaler=scaler,
+            amp=amp, class_weights=weights, loss_fn=loss_fn,
+            rng=np.random.default_rng(c.seed), gen=torch.Generator().manual_seed(c.seed),
+            history=History(folder / "history.csv"), best=BestCheckpoint(folder / "model.safetensors", c.monitor),
+            stopper=EarlyStopping(c.early_stopping),
+            average=LastEpochsAverage(c.average_epochs) if c.select == "average" else None,
+            ema=WeightAverage(model, steps_per_epoch) if c.ema else None,
+            steps_per_epoch=steps_per_epoch, warmup=int(c.warmup_epochs * steps_per_epoch),
+            epochs=c.epochs, total_steps=c.epochs * steps_per_epoch,
+            cap_steps=c.epochs * steps_per_epoch)  # with a time budget, the clock drives the decay (lr_multiplier)
+
+    def _describe(self, state: RunState) -> None:
+        c, amp, weights = self.config, state.amp, state.class_weights
+        self.reporter.info(f"Training {c.model} ({resolve_pretrained(c)} weights) on {len(self.train_rows)} images, "
+                           f"validating on {len(self.val_rows)}; {self.prep.channels} channel(s), "
+                           f"{self.prep.image_size} px, precision {'fp32' if amp is None else str(amp).removeprefix('torch.')}, "
+                           f"device {self.device}.")
         if c.imbalance != "none":
-            rep.info(f"Imbalance handling: {c.imbalance}"
-                     + (f" (class weights {', '.join(f'{w:.2f}' for w in weights.tolist())})" if weights is not None else ""))
-        cap_steps = c.epochs * steps_per_epoch  # with a time budget, the clock drives the decay (see lr_multiplier)
-        step, t_start, epoch_done = 0, time.perf_counter(), 0
-        t_decay = t_start
-        self.planned_seconds = c.time_budget or 0.0  # until the first-steps calibration
-        calibrated = False  # the first steps are timed: a duration estimate, or the plan of a time budget
-        finished = False
-        parts = dict(model=model, optimizer=optimizer, ema=ema, scaler=scaler, rng=rng, gen=gen, history=history,
-                     best=best, stopper=stopper, average=average)
-        if writer.resuming:
-            loop = self._restore(writer.path, **parts)
-            epoch_done, step, epochs, total_steps = loop["epoch"], loop["step"], loop["epochs"], loop["total_steps"]
-            calibrated, finished, self.planned_seconds = loop["calibrated"], loop["finished"], loop["planned_seconds"]
-            t_start = time.perf_counter() - loop["elapsed_s"]  # a time budget continues the saved plan
-            t_decay = t_start + loop["decay_offset_s"]
-            rep.info(f"Resuming after epoch {epoch_done} (of {epochs} planned) from the checkpoint in {writer.path}.")
-        t_loop, done_at_loop = time.perf_counter(), epoch_done  # the ETA counts this session's epochs only
-        writer.training_started = True
-        last = epoch_done if finished else c.epochs  # the plan may end sooner: see `finished` below
-        for epoch in range(epoch_done + 1, last + 1):
-            model.train()
-            keep_frozen_eval(self.frozen)
-            t_epoch = time.perf_counter()
-            order = epoch_order(self.train_labels, c.imbalance if c.imbalance == "sampler" else "none", rng)
-            loss_sum = correct = seen = 0.0
-            t_cal = None
-            with rep.task(f"epoch {epoch}/{epochs}", steps_per_epoch, fields="loss {task.fields[loss]:.4f}") as bar:
-                for b in range(steps_per_epoch):
-                    idx = order[b * c.batch_size : (b + 1) * c.batch_size]
-                    rows = self.train_rows[idx]
-                    sort = np.argsort(rows)
-                    x = self.prep.to_tensor(self.data.cache.images[rows[sort]])
-                    y = torch.from_numpy(self.train_labels[idx][sort])
-                    x = self.prep.normalise(augment(x, self.preset, gen)).to(self.device, non_blocking=True)
-                    y = y.to(self.device)
-                    if step == warmup:
-                        t_decay = time.perf_counter()
-                    time_progress = None
-                    if c.time_budget and step >= warmup:
-                        spent = time.perf_counter() - t_decay
-                        time_progress = spent / max(1e-9, self.planned_seconds - (t_decay - t_start))
-                    mult = lr_multiplier(step, cap_steps if c.time_budget else total_steps, warmup, c.scheduler,
-                                         time_progress=time_progress)
-                    for g, base in zip(optimizer.param_groups, base_lrs):
-                        g["lr"] = base * mult
-                    with autocast_context(self.device, amp):
-                        logits = model(x)
-                        loss = loss_fn(logits.float(), y)
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        optimizer.step()
-                    if ema:
-                        ema.update(model)
-                    if not torch.isfinite(loss):
-                        raise ConfigError(f"Training diverged (loss {loss.item()}) at epoch {epoch}.",
-                                          "lower --lr (e.g. by 10x) or use --precision fp32.")
-                    step += 1
-                    loss_sum += loss.item() * len(idx)
-                    correct += (logits.argmax(1) == y).sum().item()
-                    seen += len(idx)
-                    bar.advance(1, loss=loss_sum / seen)
-                    if not calibrated and b == 1:
-                        t_cal = time.perf_counter()
-                    if not calibrated and t_cal and b == 1 + CALIBRATION_STEPS:
-                        if c.time_budget:
-                            epochs, total_steps = self._fit_budget(t_cal, CALIBRATION_STEPS * c.batch_size,
-                                                                    t_epoch - t_start, steps_per_epoch, epochs)
-                        else:
-                            self._estimate(t_cal, CALIBRATION_STEPS * c.batch_size, epochs - epoch_done)
-                        calibrated = True
-            train_s = time.perf_counter() - t_epoch
-            shipped = ema.module if ema else model
-            val_probs, val_logits = predict_rows(Net(shipped, device=self.device, amp_dtype=amp), self.data.cache.images,
-                                                 self.val_rows, self.prep)
-            val = compute_metrics(self.val_labels, val_probs, self.classes)
-            val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(self.val_labels)))
-            improved = best.update(shipped, epoch, val)
-            if average:
-                average.collect(shipped, epoch, epochs)
-            epoch_done = epoch
-            lr_now = optimizer.param_groups[0]["lr"]
-            history.append({"epoch": epoch, "lr": lr_now, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                            "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
-                            "val_auc": val["auc"], "seconds": time.perf_counter() - t_epoch,
-                            "train_images_per_s": seen / train_s})
-            auc = f"{val['auc']:.4f}" if val["auc"] is not None else "n/a"
-            rep.info(f"epoch {epoch}/{epochs}: loss {loss_sum / seen:.4f}, val loss {val['loss']:.4f}, "
-                     f"val acc {val['accuracy']:.4f}, bal acc {val['balanced_accuracy']:.4f}, AUC {auc}, "
-                     f"{seen / train_s:.1f} img/s{' *' if improved else ''}{eta_text(t_loop, epoch - done_at_loop, epochs - epoch)}")
-            finished = stopper.step(improved)
-            if finished:
-                rep.info(f"Early stopping: no improvement of val {c.monitor} for {c.early_stopping} epochs.")
-            elif c.time_budget:
-                epochs, total_steps = self._replan(t_start, epoch, epochs, steps_per_epoch)
-            finished = finished or epoch >= epochs
-            loop = {"epoch": epoch, "step": step, "epochs": epochs, "total_steps": total_steps, "calibrated": calibrated,
-                    "finished": finished, "planned_seconds": self.planned_seconds,
-                    "elapsed_s": time.perf_counter() - t_start, "decay_offset_s": t_decay - t_start}
-            self._checkpoint(writer.path, loop, **parts)  # the commit point of this epoch
-            history.write()
-            if improved and c.select == "best":
-                best.save(shipped)
-            self.tracker.log_epoch(epoch, history.rows[-1])
-            if finished:
-                break
-        shipped = ema.module if ema else model
-        save_weights(shipped, writer.path / "last.safetensors")
+            self.reporter.info(f"Imbalance handling: {c.imbalance}" + (
+                f" (class weights {', '.join(f'{w:.2f}' for w in weights.tolist())})" if weights is not None else ""))
+
+    def _resume(self, folder: Path, state: RunState) -> None:
+        loop = self._restore(folder, state)
+        state.epoch_done, state.step, state.epochs, state.total_steps = (loop["epoch"], loop["step"], loop["epochs"],
+                                                                         loop["total_steps"])
+        state.calibrated, state.finished, self.planned_seconds = loop["calibrated"], loop["finished"], loop["planned_seconds"]
+        state.t_start = time.perf_counter() - loop["elapsed_s"]  # a time budget continues the saved plan
+        state.t_decay = state.t_start + loop["decay_offset_s"]
+        self.reporter.info(f"Resuming after epoch {state.epoch_done} (of {state.epochs} planned) from the checkpoint "
+                           f"in {folder}.")
+
+    def train_one_epoch(self, state: RunState, epoch: int, t_epoch: float) -> dict:
+        """One pass over the training images; returns the epoch's mean loss, accuracy and image count."""
+        c = self.config
+        state.model.train()
+        keep_frozen_eval(self.frozen)
+        order = epoch_order(self.train_labels, c.imbalance if c.imbalance == "sampler" else "none", state.rng)
+        loss_sum = correct = seen = 0.0
+        t_cal = None
+        with self.reporter.task(f"epoch {epoch}/{state.epochs}", state.steps_per_epoch,
+                                fields="loss {task.fields[loss]:.4f}") as bar:
+            for b in range(state.steps_per_epoch):
+                idx = order[b * c.batch_size : (b + 1) * c.batch_size]
+                x, y = self._batch(state, idx)
+                self._set_lr(state)
+                loss, logits = self._step(state, x, y, epoch)
+                loss_sum += loss.item() * len(idx)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(idx)
+                bar.advance(1, loss=loss_sum / seen)
+                if not state.calibrated and b == 1:
+                    t_cal = time.perf_counter()
+                if not state.calibrated and t_cal and b == 1 + CALIBRATION_STEPS:
+                    self._calibrate(state, t_cal, t_epoch)
+        return {"loss": loss_sum / seen, "accuracy": correct / seen, "images": seen}
+
+    def _batch(self, state: RunState, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.train_rows[idx]
+        sort = np.argsort(rows)
+        x = self.prep.to_tensor(self.data.cache.images[rows[sort]])
+        y = torch.from_numpy(self.train_labels[idx][sort])
+        x = self.prep.normalise(augment(x, self.preset, state.gen)).to(self.device, non_blocking=True)
+        return x, y.to(self.device)
+
+    def _set_lr(self, state: RunState) -> None:
+        c = self.config
+        if state.step == state.warmup:
+            state.t_decay = time.perf_counter()
+        time_progress = None
+        if c.time_budget and state.step >= state.warmup:
+            spent = time.perf_counter() - state.t_decay
+            time_progress = spent / max(1e-9, self.planned_seconds - (state.t_decay - state.t_start))
+        mult = lr_multiplier(state.step, state.cap_steps if c.time_budget else state.total_steps, state.warmup,
+                             c.scheduler, time_progress=time_progress)
+        for g, base in zip(state.optimizer.param_groups, state.base_lrs):
+            g["lr"] = base * mult
+
+    def _step(self, state: RunState, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        model, optimizer, scaler = state.model, state.optimizer, state.scaler
+        with autocast_context(self.device, state.amp):
+            logits = model(x)
+            loss = state.loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if state.ema:
+            state.ema.update(model)
+        if not torch.isfinite(loss):
+            raise ConfigError(f"Training diverged (loss {loss.item()}) at epoch {epoch}.",
+                              "lower --lr (e.g. by 10x) or use --precision fp32.")
+        state.step += 1
+        return loss, logits
+
+    def _calibrate(self, state: RunState, t_cal: float, t_epoch: float) -> None:
+        """The first steps are timed: the plan of a time budget, or else a duration estimate."""
+        c = self.config
+        if c.time_budget:
+            state.epochs, state.total_steps = self._fit_budget(t_cal, CALIBRATION_STEPS * c.batch_size,
+                                                               t_epoch - state.t_start, state.steps_per_epoch, state.epochs)
+        else:
+            self._estimate(t_cal, CALIBRATION_STEPS * c.batch_size, state.epochs - state.epoch_done)
+        state.calibrated = True
+
+    def validate(self, state: RunState) -> dict:
+        val_probs, val_logits = predict_rows(Net(state.shipped, device=self.device, amp_dtype=state.amp),
+                                             self.data.cache.images, self.val_rows, self.prep)
+        val = compute_metrics(self.val_labels, val_probs, self.classes)
+        val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(self.val_labels)))
+        return val
+
+    def end_of_epoch(self, state: RunState, folder: Path, epoch: int, train: dict, val: dict, t_epoch: float) -> None:
+        """History, selection, early stopping or a budget's re-plan, then the epoch's checkpoint."""
+        shipped = state.shipped
+        improved = state.best.update(shipped, epoch, val)
+        if state.average:
+            state.average.collect(shipped, epoch, state.epochs)
+        state.epoch_done = epoch
+        self._log_epoch(state, epoch, train, val, t_epoch, improved)
+        self._plan_next(state, epoch, improved)
+        self._checkpoint(folder, state.loop_state(self.planned_seconds), state)  # the commit point of this epoch
+        state.history.write()
+        if improved and self.config.select == "best":
+            state.best.save(shipped)
+        self.tracker.log_epoch(epoch, state.history.rows[-1])
+
+    def _log_epoch(self, state: RunState, epoch: int, train: dict, val: dict, t_epoch: float, improved: bool) -> None:
+        per_s = train["images"] / train["seconds"]
+        state.history.append({"epoch": epoch, "lr": state.optimizer.param_groups[0]["lr"], "train_loss": train["loss"],
+                              "train_accuracy": train["accuracy"], "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                              "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
+                              "val_auc": val["auc"], "seconds": time.perf_counter() - t_epoch,
+                              "train_images_per_s": per_s})
+        auc = f"{val['auc']:.4f}" if val["auc"] is not None else "n/a"
+        eta = eta_text(state.t_loop, epoch - state.done_at_loop, state.epochs - epoch)
+        self.reporter.info(f"epoch {epoch}/{state.epochs}: loss {train['loss']:.4f}, val loss {val['loss']:.4f}, "
+                           f"val acc {val['accuracy']:.4f}, bal acc {val['balanced_accuracy']:.4f}, AUC {auc}, "
+                           f"{per_s:.1f} img/s{' *' if improved else ''}{eta}")
+
+    def _plan_next(self, state: RunState, epoch: int, improved: bool) -> None:
+        c = self.config
+        state.finished = state.stopper.step(improved)
+        if state.finished:
+            self.reporter.info(f"Early stopping: no improvement of val {c.monitor} for {c.early_stopping} epochs.")
+        elif c.time_budget:
+            state.epochs, state.total_steps = self._replan(state.t_start, epoch, state.epochs, state.steps_per_epoch)
+        state.finished = state.finished or epoch >= state.epochs
+
+    def _finish(self, state: RunState, folder: Path) -> TrainResult:
+        """The last weights, and the selected ones as model.safetensors (the best epoch's are already there)."""
+        c, average, done = self.config, state.average, state.epoch_done
+        shipped = state.shipped
+        save_weights(shipped, folder / "last.safetensors")
         # An average that collected nothing (a budget or early stop ended the plan first) ships the last epoch.
-        kept, selection, epochs_kept = epoch_done, f"last epoch {epoch_done}", [epoch_done]
+        kept, selection, epochs_kept = done, f"last epoch {done}", [done]
         if c.select == "best":
-            kept, selection, epochs_kept = best.best_epoch, f"best epoch {best.best_epoch} (val {c.monitor})", [best.best_epoch]
+            best_epoch = state.best.best_epoch
+            kept, selection, epochs_kept = best_epoch, f"best epoch {best_epoch} (val {c.monitor})", [best_epoch]
         elif average and average.epochs:
             selection, epochs_kept = f"average of epochs {average.epochs[0]}-{average.epochs[-1]}", average.epochs
         if c.select != "best":
             final = average.apply(shipped) if average else shipped
             # One metadata key: safetensors writes several in a random order, and the file must be byte-identical.
-            save_weights(final, writer.path / "model.safetensors", metadata={"epoch": str(kept)})
+            save_weights(final, folder / "model.safetensors", metadata={"epoch": str(kept)})
         self.selection = {"select": c.select, "epoch": kept, "epochs": epochs_kept}
-        return TrainResult(writer.path, kept, epoch_done, {}, time.perf_counter() - t_start, selection)
+        return TrainResult(folder, kept, done, {}, time.perf_counter() - state.t_start, selection)
 
-    def _checkpoint(self, folder: Path, loop: dict, model, optimizer, ema, scaler, rng, gen, history, best, stopper,
-                    average) -> None:
-        opt_tensors, opt_meta = optimizer_state(optimizer)
-        rng_tensors, rng_meta = rng_state(rng, gen, self.device)
-        tensors = {**prefixed("model", model.state_dict()), **opt_tensors, **rng_tensors}
+    def _checkpoint(self, folder: Path, loop: dict, state: RunState) -> None:
+        ema, average, scaler = state.ema, state.average, state.scaler
+        opt_tensors, opt_meta = optimizer_state(state.optimizer)
+        rng_tensors, rng_meta = rng_state(state.rng, state.gen, self.device)
+        tensors = {**prefixed("model", state.model.state_dict()), **opt_tensors, **rng_tensors}
         if ema:
             tensors.update(prefixed("ema", ema.module.state_dict()))
         if average:
             tensors.update(average.tensors())
         meta = {"config": config_snapshot(self.config.model_dump()), "loop": loop, "optimizer": opt_meta, "rng": rng_meta,
-                "best": best.state(), "early_stopping": {"bad_epochs": stopper.bad_epochs},
+                "best": state.best.state(), "early_stopping": {"bad_epochs": state.stopper.bad_epochs},
                 "ema_steps": ema.steps if ema else None, "scaler": scaler.state_dict() if scaler else None,
-                "history": history.rows, "average": average.state() if average else None}
+                "history": state.history.rows, "average": average.state() if average else None}
         save_checkpoint(folder, loop["epoch"], tensors, meta)
 
-    def _restore(self, folder: Path, model, optimizer, ema, scaler, rng, gen, history, best, stopper, average) -> dict:
+    def _restore(self, folder: Path, state: RunState) -> dict:
         tensors, meta = load_checkpoint(folder)
-        model.load_state_dict(unprefixed("model", tensors))
-        load_optimizer_state(optimizer, tensors, meta["optimizer"])
+        ema, average = state.ema, state.average
+        state.model.load_state_dict(unprefixed("model", tensors))
+        load_optimizer_state(state.optimizer, tensors, meta["optimizer"])
         if ema:
             ema.module.load_state_dict(unprefixed("ema", tensors))
             ema.steps = meta["ema_steps"]
-        if scaler and meta["scaler"]:
-            scaler.load_state_dict(meta["scaler"])
-        restore_rng(tensors, meta["rng"], rng, gen, self.device)
-        best.load_state(meta["best"])
-        stopper.bad_epochs = meta["early_stopping"]["bad_epochs"]
-        history.rows = meta["history"]
+        if state.scaler and meta["scaler"]:
+            state.scaler.load_state_dict(meta["scaler"])
+        restore_rng(tensors, meta["rng"], state.rng, state.gen, self.device)
+        state.best.load_state(meta["best"])
+        state.stopper.bad_epochs = meta["early_stopping"]["bad_epochs"]
+        state.history.rows = meta["history"]
         if average:
             average.load(tensors, meta.get("average") or {"epochs": []})
         # Writes that follow a checkpoint's commit, redone in case the kill came between them.
-        history.write()
-        if best.best_epoch == meta["epoch"] and self.config.select == "best":
-            best.save(ema.module if ema else model)
+        state.history.write()
+        if state.best.best_epoch == meta["epoch"] and self.config.select == "best":
+            state.best.save(state.shipped)
         return meta["loop"]
 
     def _fit_budget(self, t_cal: float, images_timed: int, setup_s: float, steps_per_epoch: int, max_epochs: int):
@@ -439,24 +532,46 @@ def sigterm_as_exit():
 
 
 def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter, tracker: Tracker) -> TrainResult:
-    saved_tracking = None
-    if writer.resuming:
-        check_resumable(writer.path, config_snapshot(config.model_dump()))  # before the long preparation
-        saved_tracking = read_json_object(writer.path / "run.json", "run description",
-                                          "start the training again with --overwrite.").get("tracking")
+    saved_tracking = _check_resumable(writer, config)
     tracking = tracker.start(config, writer.path, resume=saved_tracking)  # a bad tracking URI fails before the work
+    data, prep_s = _prepare_data(config, spec, reporter)
+    writer.protect(r.path for r in data.records)
+    trainer = Trainer(config, data, reporter)
+    trainer.tracker = tracker
+    check_input_size(trainer.build_model().cpu(), config.image_size, data.preprocessing.channels, config.model)
+    info = run_info(config, data, trainer)
+    if tracking:
+        info["tracking"] = tracking  # the later verbs log into the same MLflow run
+        if not saved_tracking:
+            tracker.log_params(tracked_params(info))
+    _write_run_start(writer, config, data, info)
+    result = trainer.run(writer)
+    return _finish_run(writer, config, reporter, tracker, tracking, trainer, result, prep_s)
+
+
+def _check_resumable(writer: RunWriter, config: TrainConfig) -> dict | None:
+    """Before the long preparation: a resumed run's checkpoint must match the settings; returns its
+    saved MLflow run, to log into again."""
+    if not writer.resuming:
+        return None
+    check_resumable(writer.path, config_snapshot(config.model_dump()))
+    return read_json_object(writer.path / "run.json", "run description",
+                            "start the training again with --overwrite.").get("tracking")
+
+
+def _prepare_data(config: TrainConfig, spec, reporter: Reporter) -> tuple[PreparedData, float]:
     t0 = time.perf_counter()
     data = prepare(config.data, image_size=config.image_size, resize=config.resize, channels=config.channels,
                    normalize=config.normalize, mean=spec.mean, std=spec.std, patient_pattern=config.patient_pattern,
                    val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
                    reporter=reporter, workers=config.workers, dedupe=config.dedupe, strict=config.strict,
                    splits=config.splits)
-    prep_s = time.perf_counter() - t0
-    writer.protect(r.path for r in data.records)
-    trainer = Trainer(config, data, reporter)
-    trainer.tracker = tracker
-    check_input_size(trainer.build_model().cpu(), config.image_size, data.preprocessing.channels, config.model)
-    info = {
+    return data, time.perf_counter() - t0
+
+
+def run_info(config: TrainConfig, data: PreparedData, trainer: Trainer) -> dict:
+    """run.json as training starts: the settings as given and as resolved, the data and the machine."""
+    return {
         "format_version": FORMAT_VERSION,
         "medclassify_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -472,10 +587,10 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
         "data_fingerprint": data_fingerprint(data),
         "interrupted": True,  # until the run is committed: a partial folder left behind is marked so
     }
-    if tracking:
-        info["tracking"] = tracking  # the later verbs log into the same MLflow run
-        if not saved_tracking:
-            tracker.log_params(tracked_params(info))
+
+
+def _write_run_start(writer: RunWriter, config: TrainConfig, data: PreparedData, info: dict) -> None:
+    """split.csv, skipped.csv, run.json and config.yaml; a resumed run keeps its split and its creation time."""
     if writer.resuming:
         check_same_split(writer.path / "split.csv", data.records)
         saved = read_json_object(writer.path / "run.json", "run description", "start the training again with --overwrite.")
@@ -488,7 +603,12 @@ def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter
         write_csv(writer.path / "skipped.csv", ["path", "reason"], data.skipped.items())
     write_json(writer.path / "run.json", info)
     write_config_yaml(writer.path / "config.yaml", config)
-    result = trainer.run(writer)
+
+
+def _finish_run(writer: RunWriter, config: TrainConfig, reporter: Reporter, tracker: Tracker, tracking: dict | None,
+                trainer: Trainer, result: TrainResult, prep_s: float) -> TrainResult:
+    """Completes run.json, chooses test-time augmentation on validation, logs to MLflow and commits the folder."""
+    data = trainer.data
     run = load_run(writer.path)
     run.update(
         interrupted=None,
