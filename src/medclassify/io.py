@@ -267,6 +267,15 @@ def check_replaceable_dir(out: str | Path, overwrite: bool, protected: Iterable[
                           f"choose another {what}, or move that folder's files away yourself.")
 
 
+def _refuse_inside(path: Path, protected_dirs: Iterable[str | Path], what: str, noun: str) -> None:
+    p_r = resolved(path)
+    for d in protected_dirs:
+        d_r = resolved(d)
+        if p_r == d_r or _inside(p_r, d_r):
+            raise OutputError(f"{what} {path} lies inside {d}, whose files medclassify must not change.",
+                              f"choose an {what} {noun} outside {d}.")
+
+
 def check_output_file(out: str | Path, inputs: Iterable[str | Path] = (), protected_dirs: Iterable[str | Path] = (),
                       overwrite_ok: bool = True, what: str = "--out") -> Path:
     """Check, before the work starts, that `out` can be written as a file: its folder exists or can
@@ -277,11 +286,7 @@ def check_output_file(out: str | Path, inputs: Iterable[str | Path] = (), protec
     for p in inputs:
         if resolved(p) == out_r:
             raise OutputError(f"{what} {out} is one of the inputs.", f"choose another {what} file name.")
-    for d in protected_dirs:
-        d_r = resolved(d)
-        if out_r == d_r or _inside(out_r, d_r):
-            raise OutputError(f"{what} {out} lies inside {d}, whose files medclassify must not change.",
-                              f"choose an {what} path outside {d}.")
+    _refuse_inside(out, protected_dirs, what, "path")
     if out.is_dir():
         raise OutputError(f"{what} {out} is a folder.", f"give a file name, e.g. {out / 'predictions.csv'}.")
     if out.exists() and not overwrite_ok:
@@ -296,12 +301,7 @@ def check_output_folder(folder: str | Path, inputs: Iterable[str | Path] = (), p
     one of the `protected_dirs`, can be created or written, and none of the `files` to be written in it
     is one of the `inputs` or an existing folder. Returns the folder."""
     folder = Path(folder)
-    f_r = resolved(folder)
-    for d in protected_dirs:
-        d_r = resolved(d)
-        if f_r == d_r or _inside(f_r, d_r):
-            raise OutputError(f"{what} {folder} lies inside {d}, whose files medclassify must not change.",
-                              f"choose an {what} folder outside {d}.")
+    _refuse_inside(folder, protected_dirs, what, "folder")
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{what} {folder} is a file, not a folder.", f"give a folder as {what}, or remove that file.")
     ins = {resolved(p) for p in inputs}
