@@ -16,10 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from . import hashing
-from .cache import write_text_atomic
 from .fingerprints import Fingerprints, compute_fingerprints
 from .sources import DatasetIndex, Record, attach_patients, missing_classes, scan_folder
 from .splits import patient_overlap
+from ..io import write_text
 from .audit_html import write_html
 
 SCHEMA = "medclassify.audit"
@@ -304,6 +304,6 @@ def write_audit(result: AuditResult, out: Path) -> list[str]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines = summary_lines(result.report)
-    write_text_atomic(out / "audit.json", json.dumps(result.report, indent=1))
+    write_text(out / "audit.json", json.dumps(result.report, indent=1))
     write_html(result.report, lines, out / "audit.html")
     return lines

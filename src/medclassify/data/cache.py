@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..io import OutputError, atomic_dir, check_writable_folder, remove_stale_partials, write_json, write_text
+from ..io import OutputError, atomic_dir, check_writable_folder, remove_stale_partials, write_json
 from .images import UnreadableImage, load_for_model
 from .images import storage_path
 
@@ -42,11 +42,6 @@ def files_key(paths: Sequence[str], salt: str) -> str:
         except OSError:
             h.update(f"{p}|missing\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:20]
-
-
-def write_text_atomic(path: Path | str, text: str) -> None:
-    """Kept for the callers that import it from here: io.write_text."""
-    write_text(path, text)
 
 
 def writable_cache_folder(folder: Path) -> Path:

@@ -44,6 +44,10 @@ class UnreadableImage(Exception):
         super().__init__(f"{path}: {reason}")
 
 
+class TooManyPixels(UnreadableImage):
+    """Over the pixel limit (header size, or Pillow's decompression-bomb check): a 413 for the server."""
+
+
 def os_error_reason(path: Path | str, e: OSError) -> UnreadableImage:
     """The true reason an OS-level read failed (permission, missing, symbolic link, I/O)."""
     if isinstance(e, PermissionError):
@@ -165,7 +169,7 @@ def _pillow_header(path: Path | str, source, fmt: str, suffix: str) -> Header:
         with Image.open(source) as img:
             return Header(fmt, suffix, img.width, img.height, getattr(img, "n_frames", 1) if fmt == "TIFF" else 1)
     except Image.DecompressionBombError:
-        raise UnreadableImage(path, f"over the {MAX_PIXELS:,}-pixel limit") from None
+        raise TooManyPixels(path, f"over the {MAX_PIXELS:,}-pixel limit") from None
     except OSError as e:
         if e.errno is not None:  # the OS failed the read; Pillow's own OSErrors carry no errno
             raise os_error_reason(path, e) from None
@@ -179,5 +183,5 @@ def check_pixels(header: Header, path: Path | str, max_pixels: int = MAX_PIXELS)
         raise UnreadableImage(path, f"has no pixels ({header.width}x{header.height})")
     if header.pixels > max_pixels:
         frames = f" x {header.frames} frames" if header.frames > 1 else ""
-        raise UnreadableImage(path, f"{header.width}x{header.height}{frames} = {header.pixels / 1e6:.0f} megapixels "
+        raise TooManyPixels(path, f"{header.width}x{header.height}{frames} = {header.pixels / 1e6:.0f} megapixels "
                                     f"is over the {max_pixels / 1e6:.0f}-megapixel limit")

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from . import dicom  # called as dicom.read_dicom (tests replace it)
-from .formats import EXTENSIONS as IMAGE_EXTENSIONS, MAX_PIXELS, UnreadableImage, check_pixels, is_candidate, os_error_reason, read_header
+from .formats import EXTENSIONS as IMAGE_EXTENSIONS, MAX_PIXELS, TooManyPixels, UnreadableImage, check_pixels, is_candidate, os_error_reason, read_header
 from .npz import read_npz_image
 from .pixels import NPZ_SEPARATOR
 from .pixels import to_uint8 as _to_uint8
@@ -79,7 +79,7 @@ def _orientation(img: Image.Image) -> int:
 def _open_pil(path: Path, draft_size: int | None, data: bytes | None = None) -> Image.Image:
     img = Image.open(path if data is None else io.BytesIO(data))
     if img.width * img.height > MAX_PIXELS:
-        raise UnreadableImage(path, f"{img.width}x{img.height} pixels is over the {MAX_PIXELS:,}-pixel limit")
+        raise TooManyPixels(path, f"{img.width}x{img.height} pixels is over the {MAX_PIXELS:,}-pixel limit")
     if draft_size and img.format == "JPEG":
         # JPEG DCT scaling: decode at >= 2x the target size, 2-4x faster for large X-rays.
         img.draft(img.mode, (draft_size * 2, draft_size * 2))
@@ -115,7 +115,7 @@ def decode(path: Path | str, draft_size: int | None = None, data: bytes | None =
     except UnidentifiedImageError:
         raise UnreadableImage(path, f"not a {header.format} image Pillow can identify") from None
     except Image.DecompressionBombError as e:
-        raise UnreadableImage(path, f"decompression bomb refused ({e})") from None
+        raise TooManyPixels(path, f"decompression bomb refused ({e})") from None
     except OSError as e:
         if e.errno is not None:  # the OS failed the read (permission, I/O); Pillow's own OSErrors carry no errno
             raise os_error_reason(path, e) from None

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.formats import HEAD_BYTES, SUPPORTED, UnreadableImage, check_pixels, read_header, sniff, unsupported_reason
+from ..data.formats import HEAD_BYTES, SUPPORTED, TooManyPixels, UnreadableImage, check_pixels, read_header, sniff, unsupported_reason
 
 __all__ = ["SUPPORTED", "Upload", "UploadRejected", "check_upload", "parse_multipart", "safe_name", "release_memory"]
 
@@ -111,13 +111,9 @@ def check_upload(data: bytes, filename: str | None, max_bytes: int, max_pixels: 
     path = Path(name if name.lower().endswith(suffix) else name + suffix)
     try:
         header = read_header(path, data)
-    except UnreadableImage as e:
-        status, code = (413, "too_many_pixels") if "pixel limit" in e.reason else (422, "unreadable_image")
-        raise UploadRejected(status, code, f"{name}: {e.reason}.") from None
-    try:
         check_pixels(header, path, max_pixels)
     except UnreadableImage as e:
-        status, code = (413, "too_many_pixels") if header.pixels > max_pixels else (422, "unreadable_image")
+        status, code = (413, "too_many_pixels") if isinstance(e, TooManyPixels) else (422, "unreadable_image")
         raise UploadRejected(status, code, f"{name}: {e.reason}.") from None
     if fmt == "DICOM" and b"\xe0\x7f\x10\x00" not in data and b"\x7f\xe0\x00\x10" not in data:
         raise UploadRejected(422, "no_pixel_data", f"{name}: the DICOM file has no pixel data (a report or structured document?).")
