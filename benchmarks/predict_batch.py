@@ -26,14 +26,16 @@ def main() -> int:
     if not test.is_dir():
         print(f"SKIP: {test} not found.")
         return 0
+    from medclassify.config import PredictOptions
     from medclassify.inference.predictor import predict_files
 
     run, origin = exported_run(args.run)
     ensure_backend(run, args.backend)
+    options = PredictOptions(backend=args.backend, tta=args.tta)
     out = Path(tempfile.mkdtemp()) / "preds.csv"
-    predict_files(run, [test], out, backend=args.backend, tta=args.tta)  # warm the page cache and the imports
+    predict_files(run, [test], out, options=options)  # warm the page cache and the imports
     t = time.perf_counter()
-    preds = predict_files(run, [test], out, backend=args.backend, tta=args.tta)
+    preds = predict_files(run, [test], out, options=options)
     seconds = time.perf_counter() - t
     rate = len(preds) / seconds
     failed = sum(1 for p in preds if p.error)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from medclassify.cascade import Cascade
+from medclassify.config import PredictOptions
 from medclassify.explain import GradCAM, Lime
 from medclassify.inference.export import export_onnx
 from medclassify.inference.predictor import Predictor
@@ -40,8 +41,8 @@ def test_tta_and_temperature_give_the_same_probabilities_on_every_path(run_copy,
     assert lime.onnx is not None
     gradcam = GradCAM.for_run(run_copy, predictor=torch_pred)
     (tmp_path / "one.yaml").write_text(f"stages:\n  only:\n    run: {run_copy}\n")
-    cascade_results, _ = Cascade(tmp_path / "one.yaml", backend="torch").predict_paths(paths)
-    served = ServedModel(run_copy, backend="onnx")
+    cascade_results, _ = Cascade(tmp_path / "one.yaml", PredictOptions(backend="torch")).predict_paths(paths)
+    served = ServedModel(run_copy, PredictOptions(backend="onnx"))
 
     def serve(path):
         with open(path, "rb") as f:

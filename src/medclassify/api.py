@@ -16,7 +16,7 @@ from typing import Iterable, Literal, get_args, get_origin
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import PredictOptions, TrainConfig, predict_default
 from .errors import ConfigError
 from .results import AuditReport, Comparison, ExplanationResult, Metrics, Predictions, TrainResult
 from .run import Run
@@ -111,7 +111,7 @@ def train(data, out=None, **settings) -> TrainResult:
     base = extras["config"].model_dump() if extras["config"] is not None else {}
     if out is None:
         out = base.get("out") or default_out(data)
-    config = _validated({**base, **settings, "data": str(data), "out": str(out)})
+    config = _validated(TrainConfig, {**base, **settings, "data": str(data), "out": str(out)}, "train")
     from .training.fit import train as fit
 
     result = fit(config, reporter=_reporter(extras["quiet"]), overwrite=extras["overwrite"], resume=extras["resume"])
@@ -120,16 +120,16 @@ def train(data, out=None, **settings) -> TrainResult:
                        val_metrics=Metrics(result.val_metrics or {}), train_seconds=result.train_seconds, run=run)
 
 
-def _validated(values: dict) -> TrainConfig:
+def _validated(schema, values: dict, verb: str):
     from pydantic import ValidationError
 
     try:
-        return TrainConfig(**values)
+        return schema(**values)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(x) for x in err["loc"])
         raise ConfigError(f"Invalid {key}={err.get('input')!r}: {err['msg']}.",
-                          "see help(medclassify.train) for the accepted values.") from None
+                          f"see help(medclassify.{verb}) for the accepted values.") from None
 
 
 def _type_text(annotation) -> str:
@@ -249,8 +249,9 @@ def evaluate(run: Run | str | Path, split: str = "test", *, data: str | Path | N
 
 
 @checked_keywords
-def predict(run: Run | str | Path, inputs, out: str | Path | None = None, *, backend: str = "auto",
-            tta: bool | None = None, abstain_below: float | None = 0.6, batch_size: int = 32,
+def predict(run: Run | str | Path, inputs, out: str | Path | None = None, *, backend: str = predict_default("backend"),
+            tta: bool | None = None, abstain_below: float | None = predict_default("abstain_below"),
+            batch_size: int = predict_default("batch_size"),
             shard: str | None = None, quiet: bool = True) -> Predictions:
     """Predict image files: `inputs` is a file, a folder, a list file, or a list of them.
 
@@ -263,8 +264,9 @@ def predict(run: Run | str | Path, inputs, out: str | Path | None = None, *, bac
     shown as a table in a notebook; `.to_pandas()` gives one row per image."""
     from .inference.predictor import predict_files
 
-    preds = predict_files(run, inputs, out, _reporter(quiet), backend=backend, tta=tta, abstain_below=abstain_below,
-                          shard=shard, batch_size=batch_size)
+    options = _validated(PredictOptions, dict(backend=backend, tta=tta, abstain_below=abstain_below, batch_size=batch_size),
+                         "predict")
+    preds = predict_files(run, inputs, out, _reporter(quiet), options=options, shard=shard)
     classes = run.classes if isinstance(run, Run) else _load_run(run).classes
     return Predictions(preds, classes)
 

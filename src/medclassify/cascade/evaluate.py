@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import PredictOptions
 from ..data.sources import scan_folder
 from ..errors import ConfigError
 from ..io import check_output_file, write_json
@@ -19,7 +20,7 @@ def evaluate_cascade(path: str | Path, data: str | Path | None = None, split: st
     """End-to-end metrics over the final labels on the `split` of the cascade's dataset spec (or of
     `data`), plus each stage's accuracy on the images that belong to it."""
     reporter = reporter or Reporter(quiet=True)
-    cascade = Cascade(path, backend=backend, abstain_below=None)
+    cascade = Cascade(path, PredictOptions(backend=backend, abstain_below=None))
     source = Path(data) if data else cascade.spec.data
     if source is None:
         raise _err(cascade.spec.path, "no dataset to evaluate on.", "pass --data or add data: to the cascade file.")

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..config import PredictOptions
 from ..errors import MedClassifyError
-from ..inference.predictor import DEFAULT_ABSTAIN_BELOW, Prediction, Predictor
+from ..inference.predictor import Prediction, Predictor
 from ..run import load_run
 from .spec import CascadeSpec, _err, read_cascade
 
@@ -33,8 +34,10 @@ class CascadeResult:
 class Cascade:
     """A loaded cascade: one Predictor per stage, checked against the routes."""
 
-    def __init__(self, spec: CascadeSpec | str | Path, backend: str = "auto",
-                 abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, threads: int | None = None, tta: bool | None = None):
+    def __init__(self, spec: CascadeSpec | str | Path, options: PredictOptions | None = None):
+        """`options`: the inference options every stage's Predictor uses (backend, TTA, abstain
+        threshold, threads, batch size), the same object as `predict` and `serve`."""
+        options = options or PredictOptions()
         self.spec = spec if isinstance(spec, CascadeSpec) else read_cascade(spec)
         self.predictors: dict[str, Predictor] = {}
         for s in self.spec.stages.values():
@@ -47,7 +50,7 @@ class Cascade:
             if unknown:
                 raise _err(self.spec.path, f"stage '{s.name}' routes class(es) {', '.join(unknown)} that run {s.run} "
                            f"does not have (it has: {', '.join(run.classes)}).", "fix the class names under route.")
-            self.predictors[s.name] = Predictor(run, backend=backend, abstain_below=abstain_below, threads=threads, tta=tta)
+            self.predictors[s.name] = Predictor(run, options=options)
         self.labels = self.spec.final_labels(lambda s: self.predictors[s.name].classes)
 
     def describe(self) -> dict:

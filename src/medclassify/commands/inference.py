@@ -39,8 +39,7 @@ def predict(
     if patient_pattern:  # both outputs are checked before any image is read
         check_output_inputs(target, run, inputs)
     options = predict_options("predict", backend=backend, tta=tta, abstain_below=abstain_below, batch_size=batch_size)
-    preds = predict_files(run, inputs, out, reporter=_reporter(quiet), backend=options.backend, tta=options.tta,
-                          abstain_below=options.abstain_below, shard=shard, batch_size=options.batch_size)
+    preds = predict_files(run, inputs, out, reporter=_reporter(quiet), options=options, shard=shard)
     if preds and all(p.error for p in preds):
         from ..errors import DataError
 

@@ -60,9 +60,8 @@ def serve(
                              allowed_hosts=[*allowed_host, *([host] if host not in ("0.0.0.0", "::", "") else [])])
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     options = predict_options("serve", backend=backend, abstain_below=abstain_below, threads=threads, tta=tta)
-    model_kw = options.model_dump(include={"backend", "abstain_below", "threads", "tta"})
     # Built here even with several processes: a bad run or cascade fails now, in one line, not in N children.
-    application = create_app(target, settings, **model_kw)
+    application = create_app(target, settings, options)
     import uvicorn
 
     model = application.state.model
@@ -77,7 +76,7 @@ def serve(
     from ..serve.app import SPEC_ENV
 
     del application, model
-    os.environ[SPEC_ENV] = json.dumps({"target": str(target), "settings": dataclasses.asdict(settings), "model": model_kw})
+    os.environ[SPEC_ENV] = json.dumps({"target": str(target), "settings": dataclasses.asdict(settings), "options": options.model_dump()})
     uvicorn.run("medclassify.serve.app:app_from_environment", factory=True, workers=processes, host=host, port=port,
                 log_level="warning", timeout_keep_alive=5)
 

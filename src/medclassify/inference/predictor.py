@@ -73,7 +73,8 @@ def _onnxruntime_available() -> bool:
 
 
 class Predictor:
-    def __init__(self, run: Run | str | Path, batch_size: int = 32, backend: Backend = "auto",
+    def __init__(self, run: Run | str | Path, batch_size: int = predict_default("batch_size"),
+                 backend: Backend = predict_default("backend"),
                  abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, tta: bool | None = None, threads: int | None = None,
                  use_operating_point: bool = True, onnx_file: Path | None = None, options: PredictOptions | None = None):
         """`options`, when given, replaces backend, TTA, abstain threshold, threads and batch size.
@@ -307,10 +308,10 @@ def take_shard(paths: Sequence[str], shard: tuple[int, int] | None) -> list[str]
 
 
 def predict_files(run: Run | str | Path, inputs: Iterable[str | Path] | str | Path, out: str | Path | None = None,
-                  reporter: Reporter | None = None, *, backend: Backend = "auto", tta: bool | None = None,
-                  abstain_below: float | None = DEFAULT_ABSTAIN_BELOW, shard: str | tuple[int, int] | None = None,
-                  batch_size: int = 32) -> list[Prediction]:
-    """Predict every image in `inputs`; write a CSV (path, predicted, prob_<class>..., abstain, error) to `out`."""
+                  reporter: Reporter | None = None, *, options: PredictOptions | None = None,
+                  shard: str | tuple[int, int] | None = None) -> list[Prediction]:
+    """Predict every image in `inputs` with `options` (backend, TTA, abstain threshold, threads,
+    batch size); write a CSV (path, predicted, prob_<class>..., abstain, error) to `out`."""
     reporter = reporter or Reporter(quiet=True)
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
@@ -318,7 +319,7 @@ def predict_files(run: Run | str | Path, inputs: Iterable[str | Path] | str | Pa
     inputs = list(inputs)
     if out is not None:
         check_output_inputs(out, run.path if isinstance(run, Run) else run, inputs)
-    predictor = Predictor(run, batch_size=batch_size, backend=backend, tta=tta, abstain_below=abstain_below)
+    predictor = Predictor(run, options=options or PredictOptions())
     paths = take_shard(collect_inputs(inputs), shard)  # after the run loads: a missing run is the first error
     if out is not None:
         check_output_inputs(out, predictor.run.path, inputs, paths)

@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..config import PredictOptions
 from ..version import __version__
 from ..data.formats import UnreadableImage
 from .guard import LOOPBACK_HOSTS, Guard, error_response
@@ -89,7 +90,7 @@ def app_from_environment() -> FastAPI:
     import os
 
     spec = json.loads(os.environ[SPEC_ENV])
-    return create_app(spec["target"], ServeSettings(**spec["settings"]), **spec["model"])
+    return create_app(spec["target"], ServeSettings(**spec["settings"]), PredictOptions(**spec["options"]))
 
 
 class Rejected(Exception):
@@ -109,9 +110,10 @@ def class_headers(label: str, prob: float, classes: list[str]) -> dict[str, str]
     return out
 
 
-def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSettings] = None, **model_kw) -> FastAPI:
+def create_app(target: Union[str, Path, ServedModel], settings: Optional[ServeSettings] = None,
+               options: Optional[PredictOptions] = None) -> FastAPI:
     settings = settings or ServeSettings()
-    model = target if isinstance(target, ServedModel) else ServedModel(target, **model_kw)
+    model = target if isinstance(target, ServedModel) else ServedModel(target, options)
     runner = _Runner(settings)
     app = FastAPI(title="medclassify", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=_lifespan(runner), description=_description(settings))

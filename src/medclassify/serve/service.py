@@ -11,11 +11,12 @@ import numpy as np
 from PIL import Image
 
 from ..cascade import Cascade
+from ..config import PredictOptions
 from ..data.formats import UnreadableImage
 from ..data.images import decode
 from ..explain import GradCAM
 from ..explain.overlay import overlay_on_original
-from ..inference.predictor import DEFAULT_ABSTAIN_BELOW, Predictor
+from ..inference.predictor import Predictor
 from .uploads import Upload
 
 INTENDED_USE = ("Research and education only. Not a medical device and not a diagnosis: every output must be "
@@ -60,18 +61,18 @@ def _folder_name(root: str | None) -> str | None:
 
 
 class ServedModel:
-    def __init__(self, target: str | Path, backend: str = "auto", abstain_below: float | None = DEFAULT_ABSTAIN_BELOW,
-                 threads: int | None = None, tta: bool | None = None):
+    def __init__(self, target: str | Path, options: PredictOptions | None = None):
+        options = options or PredictOptions()
         target = Path(target)
         self.target = target
         if target.suffix.lower() in (".yaml", ".yml"):
-            self.cascade: Cascade | None = Cascade(target, backend=backend, abstain_below=abstain_below, threads=threads, tta=tta)
+            self.cascade: Cascade | None = Cascade(target, options)
             self.predictor = None
             self.classes = self.cascade.labels
             self.version = self.cascade.version
         else:
             self.cascade = None
-            self.predictor = Predictor(target, backend=backend, abstain_below=abstain_below, threads=threads, tta=tta)
+            self.predictor = Predictor(target, options=options)
             self.classes = self.predictor.classes
             self.version = self.predictor.version
         self.can_explain = explain_available()
