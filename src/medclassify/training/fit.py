@@ -534,7 +534,8 @@ def train(config: TrainConfig | None = None, reporter: Reporter | None = None, o
 def _train_process(config: TrainConfig, reporter: Reporter, overwrite: bool, resume: bool, dist: Dist) -> TrainResult:
     """One process's share of train(): all of it without torchrun; under torchrun rank 0 also writes
     the run, tracks and prints, and the other ranks follow its decisions."""
-    tracker = make_tracker(config, reporter)  # a missing mlflow is reported before any work (rank 0's only)
+    # A missing mlflow is reported before any work; under torchrun rank 0 alone tracks (and checks).
+    tracker = make_tracker(config, reporter) if dist.is_main else Tracker()
     if config.threads:
         torch.set_num_threads(config.threads)
     spec = get_spec(config.model)
