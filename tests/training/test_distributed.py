@@ -34,7 +34,7 @@ def _unavailable() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))
+needs_torchrun = pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))
 
 # --augment none: the ranks' augmentation streams are their own, and augmentation is not what is compared.
 ARGS = ["--model", "seed_cnn", "--pretrained", "none", "--image-size", "32", "--epochs", "3", "--seed", "0",
@@ -95,6 +95,7 @@ def one_process_run(data: Path, out: Path, **extra) -> Path:
         torch.set_num_threads(threads)
 
 
+@needs_torchrun
 def test_torchrun_run_is_complete_and_its_validation_is_one_process_prediction(ddp_run, data, tmp_path):
     from medclassify.run import load_run
     from medclassify.training.validation import score_records
@@ -144,6 +145,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@needs_torchrun
 def test_without_batch_norm_and_dropout_the_loss_is_one_process_loss(data, tmp_path, monkeypatch):
     """The sharded epoch order, the per-rank batch and the global-batch loss normaliser (class
     weights on) make DDP's averaged gradient the single-process one: with nothing per-rank left in
@@ -184,6 +186,7 @@ def _rank(pid: int) -> str | None:
     return next((e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"RANK=")), None)
 
 
+@needs_torchrun
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finding torchrun's workers needs Linux /proc")
 def test_a_killed_rank_ends_the_job_in_one_line_and_resume_under_torchrun_completes_it(data, ddp_run, tmp_path):
     out = tmp_path / "r"
@@ -223,3 +226,25 @@ def test_a_killed_rank_ends_the_job_in_one_line_and_resume_under_torchrun_comple
     # Rank 0's random streams are in the checkpoint, the others' are derived per epoch: the resumed job
     # ends with the uninterrupted job's weights.
     assert (out / "model.safetensors").read_bytes() == (ddp_run / "model.safetensors").read_bytes()
+
+
+def test_the_ranks_shards_make_up_one_process_batches():
+    """No process group needed: the sharding is arithmetic on the one seeded order."""
+    import numpy as np
+
+    from medclassify.errors import ConfigError
+    from medclassify.training.distributed import Dist
+
+    order = np.random.default_rng(0).permutation(23)
+    world, global_batch = 3, 6
+    shards = [Dist(rank=r, world=world).shard(order) for r in range(world)]
+    assert {len(s) for s in shards} == {8}  # padded to 24: every rank takes as many steps
+    assert sorted(np.concatenate(shards).tolist()) == sorted(order.tolist() + order[:1].tolist())
+    b = Dist(rank=0, world=world).rank_batch(global_batch)
+    padded = np.concatenate([order, order[:1]])
+    for k in range(4):
+        together = sorted(np.concatenate([s[k * b:(k + 1) * b] for s in shards]).tolist())
+        assert together == sorted(padded[k * global_batch:(k + 1) * global_batch].tolist())
+    assert Dist().shard(order) is order and Dist().rank_batch(7) == 7
+    with pytest.raises(ConfigError, match="global batch"):
+        Dist(rank=0, world=4).rank_batch(2)

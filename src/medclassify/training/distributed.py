@@ -193,6 +193,8 @@ class Dist:
         if not self.enabled:
             return probs, logits
         parts = [p for p in self.all_gather((mine, probs, logits)) if len(p[0])]
+        if not parts:  # no validation images at all
+            return probs, logits
         k = parts[0][1].shape[1]
         all_p, all_z = np.zeros((n, k), parts[0][1].dtype), np.zeros((n, k), parts[0][2].dtype)
         for rows, p, z in parts:
@@ -247,6 +249,11 @@ def peer_failure(e: BaseException, d: Dist) -> PeerFailure | None:
     return PeerFailure(f"Another process of the distributed training stopped (rank {d.rank} saw: {reason}).",
                        "see that process's error above (or torchrun's report of its exit code), fix it, and run the same "
                        "torchrun command with --resume.", echo=d.is_main)
+
+
+def under_torchrun() -> bool:
+    """torchrun started this process as one of several (read from the environment, no process group needed)."""
+    return _from_env()[1] > 1
 
 
 def _from_env() -> tuple[int, int, int]:
