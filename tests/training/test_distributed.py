@@ -248,3 +248,20 @@ def test_the_ranks_shards_make_up_one_process_batches():
     assert Dist().shard(order) is order and Dist().rank_batch(7) == 7
     with pytest.raises(ConfigError, match="global batch"):
         Dist(rank=0, world=4).rank_batch(2)
+
+
+@needs_torchrun
+def test_an_error_of_rank_0_alone_is_one_line_and_ends_every_rank(data, tmp_path):
+    """Rank 0 refuses the --out folder while rank 1 waits for its decision in a collective: rank 0
+    prints the error, rank 1 stops without a second line, torchrun exits non-zero."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("not a run")
+    done = subprocess.run(torchrun_cmd("-m", "medclassify", "train", str(data), "--out", str(taken), *ARGS),
+                          env=env_for(tmp_path), capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "already exists" in errors[0], output[-3000:]
+    assert not re.search(r'File "[^"]*medclassify[/\\]', output), output[-3000:]
+    assert (taken / "notes.txt").read_text() == "not a run"
