@@ -115,6 +115,8 @@ def train(ctx: typer.Context, data: Path, out: Path, **values):
         typer.echo("\n".join(summary_lines(summary)))
         return
     result = run_training(config, reporter=_reporter(quiet), overwrite=overwrite, resume=resume)
+    if _worker_rank():  # under torchrun, rank 0 prints the result
+        return
     _print(*metrics_table(result.val_metrics, f"validation (kept: {result.selection})"))
     typer.echo(f"Run written to {result.run_dir}")
 
@@ -149,6 +151,27 @@ def demo(
     typer.echo(summary)
 
 
+def _worker_rank() -> int:
+    """This process's rank under torchrun (0 outside it); read from the environment, so it holds
+    before the process group exists and after it is gone."""
+    try:
+        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:
+        return 0
+
+
+def _error_line(e: MedClassifyError) -> str | None:
+    """The one error line. Under torchrun every rank runs the same command, so rank 0 prints the
+    errors they all share (arguments, settings); another rank prints only its own, with its rank
+    (training.distributed marks it), and nothing when it merely stopped because another rank did."""
+    rank = _worker_rank()
+    if not rank:
+        return f"error: {e}"
+    if getattr(e, "rank", None) is None or not getattr(e, "echo", True):
+        return None
+    return f"error: rank {rank}: {e}"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """The console script. Typer 0.29 bundles its own copy of Click, whose exceptions all derive from
     `typer.TyperException` (a check for `click.ClickException` misses them: that was a traceback for
@@ -163,7 +186,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         with command.make_context("medclassify", args) as ctx:
             status = command.invoke(ctx)
     except MedClassifyError as e:
-        typer.echo(printable(f"error: {e}"), err=True)
+        line = _error_line(e)
+        if line:
+            typer.echo(printable(line), err=True)
         return 2
     except KeyboardInterrupt:
         typer.echo("interrupted (Ctrl-C)", err=True)

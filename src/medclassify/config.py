@@ -52,7 +52,8 @@ class TrainConfig(BaseModel):
     time_budget: float | None = Field(None, description="Opt-in: size the epochs to this machine's speed so training "
                                       "takes about this long, e.g. 15m, 90s, 1h30m (seconds in Python). The result then "
                                       "depends on the machine and its load. Default: off.")
-    batch_size: int = Field(32, ge=1, description="Images per optimiser step.")
+    batch_size: int = Field(32, ge=1, description="Images per optimiser step (under torchrun: over all processes, "
+                            "each taking batch-size / processes).")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimiser.")
     lr: float | None = Field(None, gt=0, description="Peak learning rate. Default: 1e-3 for adamw, 1e-2 for sgd.")
     weight_decay: float = Field(0.01, ge=0, description="Weight decay (not on biases and norms).")
@@ -89,6 +90,10 @@ class TrainConfig(BaseModel):
     dedupe: bool = Field(False, description="Keep only the held-out copy of duplicates that cross splits (test, then "
                          "val) and drop duplicate groups with conflicting labels (counted).")
     strict: bool = Field(False, description="Refuse to train when splits leak or duplicate labels conflict.")
+    # Off by default: on the CPU PyTorch's SyncBatchNorm does not run at all, and no GPU measurement
+    # has yet shown it helps (README, Scaling up).
+    sync_bn: bool = Field(False, description="Under torchrun on CUDA: batch-norm statistics over the global batch "
+                          "(SyncBatchNorm) instead of each process's share of it.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Arithmetic precision of training.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device to train on.")
     workers: int | None = Field(None, ge=1, description="Decode processes for the image cache. Default: all cores.")

@@ -135,7 +135,12 @@ def config_snapshot(config: dict) -> dict:
 
 def config_difference(saved: dict, current: dict, ignore: tuple[str, ...] = ("threads", "workers", "track", "register_model")) -> str | None:
     """The first setting that differs between the checkpointed training and this one, as a phrase."""
+    from ..config import TrainConfig
+
+    fields = TrainConfig.model_fields
     for key in sorted(set(saved) | set(current)):
+        if key not in saved and key in fields and current.get(key) == fields[key].default:
+            continue  # a setting newer than the checkpoint, left at its default (e.g. sync_bn)
         if key not in ignore and saved.get(key) != current.get(key):
             return f"--{key.replace('_', '-')} was {saved.get(key)!r} in the interrupted training and is {current.get(key)!r} now"
     return None

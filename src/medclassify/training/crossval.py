@@ -20,7 +20,9 @@ from ..reporting import Reporter
 from ..run import write_split_csv
 from ..io import check_replaceable_dir, is_medclassify_dir, write_json
 from ..run import load_run
+from ..errors import ConfigError
 from . import fit  # called as fit.train, which tests replace
+from .distributed import under_torchrun
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
 
@@ -45,6 +47,9 @@ def fold_records(config: TrainConfig, k: int, reporter: Reporter) -> list[list[R
 def cross_validate(config: TrainConfig, k: int, reporter: Reporter | None = None, overwrite: bool = False,
                    resume: bool = False) -> dict:
     reporter = reporter or Reporter()
+    if under_torchrun():  # every rank would write the folds' files; each fold's training is DDP-ready, the loop is not
+        raise ConfigError("--folds does not run under torchrun yet.",
+                          "run the cross-validation without torchrun, or train each fold's labels CSV under torchrun.")
     out = Path(config.out)
     if not (resume and out.is_dir() and is_medclassify_dir(out)):
         check_replaceable_dir(out, overwrite, protected=[config.data])

@@ -31,6 +31,7 @@ from ..reporting import Reporter
 from ..runtime import autocast_context, choose_amp_dtype
 from ..run import FORMAT_VERSION, RunWriter, load_run, read_split_csv, save_weights, write_split_csv
 from .callbacks import BestCheckpoint, EarlyStopping, History, LastEpochsAverage, WeightAverage
+from .distributed import Dist, FollowerWriter, GlobalBatchLoss, node_first, session
 from .checkpoint import (check_resumable, config_snapshot, load_checkpoint, load_optimizer_state, optimizer_state,
                          prefixed, restore_rng, rng_state, save_checkpoint, unprefixed)
 from .freeze import freeze_stages, keep_frozen_eval, stage_modules
@@ -130,6 +131,7 @@ class RunState:
     epochs: int  # planned; a time budget re-plans them
     total_steps: int
     cap_steps: int  # the configured epochs' steps
+    ddp: nn.Module | None = None  # under torchrun: the model wrapped in DistributedDataParallel, which steps run through
     epoch_done: int = 0
     step: int = 0
     calibrated: bool = False  # the first steps are timed: a duration estimate, or the plan of a time budget
@@ -150,9 +152,11 @@ class RunState:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, data: PreparedData, reporter: Reporter):
+    def __init__(self, config: TrainConfig, data: PreparedData, reporter: Reporter, dist: Dist | None = None):
         self.config, self.data, self.reporter = config, data, reporter
-        self.device = resolve_device(config.device)
+        self.dist = dist or Dist()
+        self.device = self.dist.device if self.dist.enabled else resolve_device(config.device)
+        self.rank_batch = self.dist.rank_batch(config.batch_size)  # --batch-size is the global batch
         self.classes = data.classes
         cls_index = {c: i for i, c in enumerate(self.classes)}
         train, val = data.split("train"), data.split("val")
@@ -190,12 +194,14 @@ class Trainer:
         self.planned_seconds = self.config.time_budget or 0.0  # until the first-steps calibration
         if writer.resuming:
             self._resume(writer.path, state)
+        state.ddp = self.dist.wrap(state.model, self.config.sync_bn)
         state.t_loop, state.done_at_loop = time.perf_counter(), state.epoch_done  # the ETA counts this session's epochs
         writer.training_started = True
         last = state.epoch_done if state.finished else self.config.epochs  # the plan may end sooner (state.finished)
         for epoch in range(state.epoch_done + 1, last + 1):
+            self.dist.reseed(state.gen, self.config.seed, epoch)
             t_epoch = time.perf_counter()
-            train_stats = self.train_one_epoch(state, epoch, t_epoch)
+            train_stats = self.dist.merge_epoch_stats(self.train_one_epoch(state, epoch, t_epoch))
             train_stats["seconds"] = time.perf_counter() - t_epoch
             val = self.validate(state)
             self.end_of_epoch(state, writer.path, epoch, train_stats, val, t_epoch)
@@ -211,10 +217,11 @@ class Trainer:
         amp = choose_amp_dtype(model, self.device, c.precision)
         scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
         weights = class_weights(self.train_labels, len(self.classes), c.imbalance)
-        loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(self.device),
-                                      label_smoothing=c.label_smoothing)
+        weights_on = None if weights is None else weights.to(self.device)
+        loss_fn = (GlobalBatchLoss(weights_on, c.label_smoothing, self.dist.world) if self.dist.enabled else
+                   nn.CrossEntropyLoss(weight=weights_on, label_smoothing=c.label_smoothing))
         optimizer = build_optimizer(model, c)
-        steps_per_epoch = max(1, math.ceil(len(self.train_rows) / c.batch_size))
+        steps_per_epoch = max(1, math.ceil(self.dist.shard_len(len(self.train_rows)) / self.rank_batch))
         return RunState(
             model=model, optimizer=optimizer, base_lrs=[g["lr"] for g in optimizer.param_groups], scaler=scaler,
             amp=amp, class_weights=weights, loss_fn=loss_fn,
@@ -233,6 +240,13 @@ class Trainer:
                            f"validating on {len(self.val_rows)}; {self.prep.channels} channel(s), "
                            f"{self.prep.image_size} px, precision {'fp32' if amp is None else str(amp).removeprefix('torch.')}, "
                            f"device {self.device}.")
+        if self.dist.enabled:
+            d = self.dist.describe(c.batch_size)
+            self.reporter.info(f"Distributed: {d['world_size']} processes ({d['backend']}), {d['batch_per_process']} images "
+                               f"each per step: a global batch of {d['global_batch']}.")
+            if d["global_batch"] != c.batch_size:
+                self.reporter.warn(f"--batch-size {c.batch_size} is not a multiple of the {d['world_size']} processes: "
+                                   f"the global batch is {d['global_batch']}.")
         if c.imbalance != "none":
             self.reporter.info(f"Imbalance handling: {c.imbalance}" + (
                 f" (class weights {', '.join(f'{w:.2f}' for w in weights.tolist())})" if weights is not None else ""))
@@ -252,13 +266,13 @@ class Trainer:
         c = self.config
         state.model.train()
         keep_frozen_eval(self.frozen)
-        order = epoch_order(self.train_labels, c.imbalance if c.imbalance == "sampler" else "none", state.rng)
+        order = self.dist.shard(epoch_order(self.train_labels, c.imbalance if c.imbalance == "sampler" else "none", state.rng))
         loss_sum = correct = seen = 0.0
         t_cal = None
         with self.reporter.task(f"epoch {epoch}/{state.epochs}", state.steps_per_epoch,
                                 fields="loss {task.fields[loss]:.4f}") as bar:
             for b in range(state.steps_per_epoch):
-                idx = order[b * c.batch_size : (b + 1) * c.batch_size]
+                idx = order[b * self.rank_batch : (b + 1) * self.rank_batch]
                 x, y = self._batch(state, idx)
                 self._set_lr(state)
                 loss, logits = self._step(state, x, y, epoch)
@@ -288,6 +302,9 @@ class Trainer:
         if c.time_budget and state.step >= state.warmup:
             spent = time.perf_counter() - state.t_decay
             time_progress = spent / max(1e-9, self.planned_seconds - (state.t_decay - state.t_start))
+        if c.time_budget and self.dist.enabled:  # rank 0's clock: every rank must step with the same rate
+            time_progress = self.dist.broadcast_float(-1.0 if time_progress is None else time_progress)
+            time_progress = None if time_progress < 0 else time_progress
         mult = lr_multiplier(state.step, state.cap_steps if c.time_budget else state.total_steps, state.warmup,
                              c.scheduler, time_progress=time_progress)
         for g, base in zip(state.optimizer.param_groups, state.base_lrs):
@@ -296,7 +313,7 @@ class Trainer:
     def _step(self, state: RunState, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         model, optimizer, scaler = state.model, state.optimizer, state.scaler
         with autocast_context(self.device, state.amp):
-            logits = model(x)
+            logits = (state.ddp or model)(x)
             loss = state.loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         if scaler:
@@ -308,7 +325,7 @@ class Trainer:
             optimizer.step()
         if state.ema:
             state.ema.update(model)
-        if not torch.isfinite(loss):
+        if self.dist.is_main and not torch.isfinite(loss):  # other ranks follow through the next collective
             raise ConfigError(f"Training diverged (loss {loss.item()}) at epoch {epoch}.",
                               "lower --lr (e.g. by 10x) or use --precision fp32.")
         state.step += 1
@@ -322,14 +339,29 @@ class Trainer:
                                                                t_epoch - state.t_start, state.steps_per_epoch, state.epochs)
         else:
             self._estimate(t_cal, CALIBRATION_STEPS * c.batch_size, state.epochs - state.epoch_done)
+        if c.time_budget and self.dist.enabled:  # rank 0's timing plans every rank's epochs
+            state.epochs, state.total_steps, self.planned_seconds = self.dist.broadcast(
+                (state.epochs, state.total_steps, self.planned_seconds))
         state.calibrated = True
 
     def validate(self, state: RunState) -> dict:
-        val_probs, val_logits = predict_rows(Net(state.shipped, device=self.device, amp_dtype=state.amp),
-                                             self.data.cache.images, self.val_rows, self.prep)
+        if self.dist.enabled:
+            val_probs, val_logits = self._validate_sharded(state)
+        else:
+            val_probs, val_logits = predict_rows(Net(state.shipped, device=self.device, amp_dtype=state.amp),
+                                                 self.data.cache.images, self.val_rows, self.prep)
         val = compute_metrics(self.val_labels, val_probs, self.classes)
         val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(self.val_labels)))
         return val
+
+    def _validate_sharded(self, state: RunState) -> tuple[np.ndarray, np.ndarray]:
+        """Each rank predicts every world-th validation image with rank 0's weights and batch-norm
+        statistics; the gathered predictions are one process's, and so are the metrics."""
+        self.dist.sync_buffers(state.model, *([state.ema.module] if state.ema else []))
+        mine = np.arange(self.dist.rank, len(self.val_rows), self.dist.world)
+        probs, logits = predict_rows(Net(state.shipped, device=self.device, amp_dtype=state.amp),
+                                     self.data.cache.images, self.val_rows[mine], self.prep)
+        return self.dist.gather_predictions(len(self.val_rows), mine, probs, logits)
 
     def end_of_epoch(self, state: RunState, folder: Path, epoch: int, train: dict, val: dict, t_epoch: float) -> None:
         """History, selection, early stopping or a budget's re-plan, then the epoch's checkpoint."""
@@ -340,10 +372,11 @@ class Trainer:
         state.epoch_done = epoch
         self._log_epoch(state, epoch, train, val, t_epoch, improved)
         self._plan_next(state, epoch, improved)
-        self._checkpoint(folder, state.loop_state(self.planned_seconds), state)  # the commit point of this epoch
-        state.history.write()
-        if improved and self.config.select == "best":
-            state.best.save(shipped)
+        if self.dist.is_main:  # rank 0 alone writes the run
+            self._checkpoint(folder, state.loop_state(self.planned_seconds), state)  # the commit point of this epoch
+            state.history.write()
+            if improved and self.config.select == "best":
+                state.best.save(shipped)
         self.tracker.log_epoch(epoch, state.history.rows[-1])
 
     def _log_epoch(self, state: RunState, epoch: int, train: dict, val: dict, t_epoch: float, improved: bool) -> None:
@@ -367,12 +400,18 @@ class Trainer:
         elif c.time_budget:
             state.epochs, state.total_steps = self._replan(state.t_start, epoch, state.epochs, state.steps_per_epoch)
         state.finished = state.finished or epoch >= state.epochs
+        if self.dist.enabled:  # rank 0's plan (a time budget's clocks differ by rank) on every rank
+            state.finished, state.epochs, state.total_steps, self.planned_seconds, best, state.stopper.bad_epochs = \
+                self.dist.broadcast((state.finished, state.epochs, state.total_steps, self.planned_seconds,
+                                     state.best.state(), state.stopper.bad_epochs))
+            state.best.load_state(best)
 
     def _finish(self, state: RunState, folder: Path) -> TrainResult:
         """The last weights, and the selected ones as model.safetensors (the best epoch's are already there)."""
         c, average, done = self.config, state.average, state.epoch_done
         shipped = state.shipped
-        save_weights(shipped, folder / "last.safetensors")
+        if self.dist.is_main:
+            save_weights(shipped, folder / "last.safetensors")
         # An average that collected nothing (a budget or early stop ended the plan first) ships the last epoch.
         kept, selection, epochs_kept = done, f"last epoch {done}", [done]
         if c.select == "best":
@@ -380,7 +419,7 @@ class Trainer:
             kept, selection, epochs_kept = best_epoch, f"best epoch {best_epoch} (val {c.monitor})", [best_epoch]
         elif average and average.epochs:
             selection, epochs_kept = f"average of epochs {average.epochs[0]}-{average.epochs[-1]}", average.epochs
-        if c.select != "best":
+        if c.select != "best" and self.dist.is_main:
             final = average.apply(shipped) if average else shipped
             # One metadata key: safetensors writes several in a random order, and the file must be byte-identical.
             save_weights(final, folder / "model.safetensors", metadata={"epoch": str(kept)})
@@ -403,7 +442,7 @@ class Trainer:
         save_checkpoint(folder, loop["epoch"], tensors, meta)
 
     def _restore(self, folder: Path, state: RunState) -> dict:
-        tensors, meta = load_checkpoint(folder)
+        tensors, meta = self.dist.broadcast(load_checkpoint(folder) if self.dist.is_main else None)
         ema, average = state.ema, state.average
         state.model.load_state_dict(unprefixed("model", tensors))
         load_optimizer_state(state.optimizer, tensors, meta["optimizer"])
@@ -419,9 +458,10 @@ class Trainer:
         if average:
             average.load(tensors, meta.get("average") or {"epochs": []})
         # Writes that follow a checkpoint's commit, redone in case the kill came between them.
-        state.history.write()
-        if state.best.best_epoch == meta["epoch"] and self.config.select == "best":
-            state.best.save(state.shipped)
+        if self.dist.is_main:
+            state.history.write()
+            if state.best.best_epoch == meta["epoch"] and self.config.select == "best":
+                state.best.save(state.shipped)
         return meta["loop"]
 
     def _fit_budget(self, t_cal: float, images_timed: int, setup_s: float, steps_per_epoch: int, max_epochs: int):
@@ -487,17 +527,29 @@ def train(config: TrainConfig | None = None, reporter: Reporter | None = None, o
     run folder; `resume=True` continues an interrupted training of the same settings from there."""
     config = config or TrainConfig(**kwargs)
     reporter = reporter or Reporter()
-    tracker = make_tracker(config, reporter)  # a missing mlflow is reported before any work
+    with session(config) as dist:  # under torchrun: the process group; else nothing
+        return _train_process(config, reporter if dist.is_main else Reporter(quiet=True), overwrite, resume, dist)
+
+
+def _train_process(config: TrainConfig, reporter: Reporter, overwrite: bool, resume: bool, dist: Dist) -> TrainResult:
+    """One process's share of train(): all of it without torchrun; under torchrun rank 0 also writes
+    the run, tracks and prints, and the other ranks follow its decisions."""
+    # A missing mlflow is reported before any work; under torchrun rank 0 alone tracks (and checks).
+    tracker = make_tracker(config, reporter) if dist.is_main else Tracker()
     if config.threads:
         torch.set_num_threads(config.threads)
     spec = get_spec(config.model)
-    writer = RunWriter(config.out, overwrite=overwrite, resume=resume,
-                       protected=[p for p in (config.data, config.weights) if p])
+    if dist.is_main:
+        writer = RunWriter(config.out, overwrite=overwrite, resume=resume,
+                           protected=[p for p in (config.data, config.weights) if p])
+        dist.broadcast(writer.resuming)
+    else:
+        writer = FollowerWriter(config.out, resuming=dist.broadcast(None))
     if resume and not writer.resuming:
         reporter.info(f"Nothing to resume for {config.out}: training from the start.")
     try:
         with sigterm_as_exit():
-            return _train_into(writer, config, spec, reporter, tracker)
+            return _train_into(writer, config, spec, reporter, tracker, dist)
     except BaseException as e:
         interrupt = isinstance(e, (KeyboardInterrupt, SystemExit))
         tracker.finish("KILLED" if interrupt else "FAILED", error=None if interrupt else str(e) or type(e).__name__)
@@ -531,22 +583,28 @@ def sigterm_as_exit():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter, tracker: Tracker) -> TrainResult:
-    saved_tracking = _check_resumable(writer, config)
+def _train_into(writer: RunWriter, config: TrainConfig, spec, reporter: Reporter, tracker: Tracker,
+                dist: Dist | None = None) -> TrainResult:
+    dist = dist or Dist()
+    saved_tracking = _check_resumable(writer, config) if dist.is_main else None
     tracking = tracker.start(config, writer.path, resume=saved_tracking)  # a bad tracking URI fails before the work
-    data, prep_s = _prepare_data(config, spec, reporter)
+    with node_first(dist):  # each node's local rank 0 decodes the cache; the node's other ranks then open it
+        data, prep_s = _prepare_data(config, spec, reporter)
     writer.protect(r.path for r in data.records)
-    trainer = Trainer(config, data, reporter)
+    trainer = Trainer(config, data, reporter, dist)
     trainer.tracker = tracker
-    check_input_size(trainer.build_model().cpu(), config.image_size, data.preprocessing.channels, config.model)
-    info = run_info(config, data, trainer)
-    if tracking:
-        info["tracking"] = tracking  # the later verbs log into the same MLflow run
-        if not saved_tracking:
-            tracker.log_params(tracked_params(info))
-    _write_run_start(writer, config, data, info)
+    if dist.is_main:
+        check_input_size(trainer.build_model().cpu(), config.image_size, data.preprocessing.channels, config.model)
+        info = run_info(config, data, trainer)
+        if tracking:
+            info["tracking"] = tracking  # the later verbs log into the same MLflow run
+            if not saved_tracking:
+                tracker.log_params(tracked_params(info))
+        _write_run_start(writer, config, data, info)
     result = trainer.run(writer)
-    return _finish_run(writer, config, reporter, tracker, tracking, trainer, result, prep_s)
+    if not dist.is_main:
+        return dist.broadcast(None)  # rank 0's result, once its run is committed
+    return dist.broadcast(_finish_run(writer, config, reporter, tracker, tracking, trainer, result, prep_s))
 
 
 def _check_resumable(writer: RunWriter, config: TrainConfig) -> dict | None:
@@ -584,6 +642,7 @@ def run_info(config: TrainConfig, data: PreparedData, trainer: Trainer) -> dict:
         "data": data.summary(),
         "audit": data.audit,
         "environment": environment(trainer.device),
+        **({"distributed": trainer.dist.describe(config.batch_size)} if trainer.dist.enabled else {}),
         "data_fingerprint": data_fingerprint(data),
         "interrupted": True,  # until the run is committed: a partial folder left behind is marked so
     }
