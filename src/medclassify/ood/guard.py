@@ -90,6 +90,11 @@ def fit_guard(run: Run, reporter: Reporter | None = None, cache: ImageCache | No
     if len(train) > MAX_FIT_IMAGES:
         train = [train[i] for i in np.sort(rng.choice(len(train), MAX_FIT_IMAGES, replace=False))]
     _, f_train, train_ok = embed(run, train, cache, model)
+    if len(train_ok) < 10:
+        reason = f"only {len(train_ok)} of the run's {len(train)} training images can be read (the guard needs 10)"
+        run.update(ood={"status": "unavailable", "reason": reason})
+        reporter.warn(f"No out-of-distribution guard: {reason}.")
+        return run.info["ood"]
     labels = np.array([run.classes.index(r.label) for r in train_ok])
     held = run.records("val")
     _, f_held, held_ok = embed(run, held, cache, model) if held else (None, np.zeros((0, 0)), [])
