@@ -97,9 +97,18 @@ def fit_guard(run: Run, reporter: Reporter | None = None, cache: ImageCache | No
         return run.info["ood"]
     labels = np.array([run.classes.index(r.label) for r in train_ok])
     held = run.records("val")
-    _, f_held, held_ok = embed(run, held, cache, model) if held else (None, np.zeros((0, 0)), [])
+    f_held = embed(run, held, cache, model)[1] if held else None
+    return store_guard(run, f_train, labels, f_held, quantile, method, seed, reporter, t0)
+
+
+def store_guard(run: Run, f_train: np.ndarray, labels: np.ndarray, f_held: np.ndarray | None, quantile: float,
+                method: str, seed: int = 0, reporter: Reporter | None = None, t0: float | None = None) -> dict:
+    """Fit the detector on training features, threshold it on the held-out (validation) features and
+    store it in the run; returns its run.json record. fit_guard computes the features."""
+    t0 = time.perf_counter() if t0 is None else t0
+    rng = np.random.default_rng(seed)
     held_split = "val"
-    if len(held_ok) < 20:  # no usable validation split: hold out a tenth of the training images
+    if f_held is None or len(f_held) < 20:  # no usable validation split: hold out a tenth of the training images
         order = rng.permutation(len(f_train))
         cut = max(1, len(order) // 10)
         f_held, f_train, labels = f_train[order[:cut]], f_train[order[cut:]], labels[order[cut:]]
@@ -118,9 +127,9 @@ def fit_guard(run: Run, reporter: Reporter | None = None, cache: ImageCache | No
     if method == "knn":
         record["k"] = detector.k
     run.update(ood=record)
-    reporter.info(f"Out-of-distribution guard ({method}, {detector.dim} features) fitted on {len(f_train)} training "
-                  f"images; threshold {detector.threshold:.4g} passes {quantile:.0%} of {held_split} images "
-                  f"({record['fit_s']:.1f} s).")
+    (reporter or Reporter(quiet=True)).info(
+        f"Out-of-distribution guard ({method}, {detector.dim} features) fitted on {len(f_train)} training images; "
+        f"threshold {detector.threshold:.4g} passes {quantile:.0%} of {held_split} images ({record['fit_s']:.1f} s).")
     return record
 
 
