@@ -127,23 +127,56 @@ def score_latency_ms(detector, feature: np.ndarray, repeats: int = 200) -> float
     return float(np.median(times) * 1e3)
 
 
-def predictor_latency_ms(run_path: Path, image: np.ndarray, repeats: int = 30) -> dict:
-    """Single-image predict_array on PyTorch, with and without the guard (the same forward pass)."""
+def predictor_latency_ms(run_path: Path, image: np.ndarray, repeats: int = 40) -> dict:
+    """Single-image predict_array on PyTorch, with and without the guard (the same forward pass),
+    interleaved call by call so a busy machine slows both alike."""
     from medclassify.inference.predictor import Predictor
 
-    out = {}
-    for name in ("without_guard", "with_guard"):
-        p = Predictor(run_path, backend="torch", threads=1)
-        if name == "without_guard":
-            p.guard = None
-        p.predict_array(image)
-        times = []
-        for _ in range(repeats):
+    with_guard, without = Predictor(run_path, backend="torch", threads=1), Predictor(run_path, backend="torch", threads=1)
+    without.guard = None
+    times: dict[str, list[float]] = {"without_guard": [], "with_guard": []}
+    for i in range(repeats + 2):
+        for name, p in (("without_guard", without), ("with_guard", with_guard)):
             t = time.perf_counter()
             p.predict_array(image)
-            times.append(time.perf_counter() - t)
-        out[name] = round(float(np.median(times) * 1e3), 2)
+            if i >= 2:
+                times[name].append(time.perf_counter() - t)
+    out = {k: round(float(np.median(v) * 1e3), 2) for k, v in times.items()}
+    out["added"] = round(out["with_guard"] - out["without_guard"], 2)
     return out
+
+
+def cost_ratio(run, model, records, batch: int = 32, rounds: int = 2) -> dict:
+    """Seconds per image of the guard's embedding pass and of a training step (the run's frozen
+    stages, AdamW, batch 32), timed alternately on the same images: their ratio does not depend on
+    how busy the machine is, unlike a comparison with the training time run.json recorded."""
+    import torch
+
+    from medclassify.data.prepare import load_cache
+    from medclassify.engine import predict_rows
+    from medclassify.training.freeze import freeze_stages
+
+    cache = load_cache(records, run.preprocessing, __import__("medclassify.reporting", fromlist=["Reporter"]).Reporter(quiet=True))
+    rows = cache.rows([r.path for r in records])
+    trainee = run.build_model()
+    freeze_stages(trainee, int(run.info.get("frozen_stages") or 0), run.model_name)
+    opt = torch.optim.AdamW([p for p in trainee.parameters() if p.requires_grad], lr=1e-4)
+    y = torch.tensor([run.classes.index(r.label) for r in records])
+    embed_t, train_t = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        predict_rows(model, cache.images, rows, run.preprocessing, batch_size=64, features=True)
+        embed_t.append((time.perf_counter() - t) / len(rows))
+        trainee.train()
+        t = time.perf_counter()
+        for s in range(0, len(rows), batch):
+            x = run.preprocessing(np.ascontiguousarray(cache.images[rows[s : s + batch]]))
+            loss = torch.nn.functional.cross_entropy(trainee(x), y[s : s + batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        train_t.append((time.perf_counter() - t) / len(rows))
+    return {"embed_s_per_image": min(embed_t), "train_step_s_per_image": min(train_t)}
 
 
 def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dict | None:
@@ -175,7 +208,7 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
     labels = np.array([run.classes.index(r.label) for r in train_ok])
     f_val = features_of(run, run.records("val"), model, reporter)[0]
     embed_s = time.perf_counter() - t0
-    f_test = features_of(run, run.records("test"), model, reporter)[0]
+    f_test, test_ok = features_of(run, run.records("test"), model, reporter)
     foreign = {}
     for other in DATASETS:
         if other != dataset and (SHARED / other).is_dir():
@@ -218,6 +251,14 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
         "val_resplit": {**{k: resplit[k] for k in keys}, "flagged": round(float(np.mean(~guard.flags(b)[1])), 4)},
         "train_seen_vs_val": {k: seen_check[k] for k in keys},
     }
+    np.savez_compressed(dest / "bench-features.npz", train=f_train, train_labels=labels, val=f_val, test=f_test,
+                        test_labels=np.array([run.classes.index(r.label) for r in test_ok]),
+                        **{k.replace(" ", "_"): v for k, v in foreign.items()})
+    ratio = cost_ratio(run, model, train_ok[:128])
+    epochs = int(run.info.get("epochs_run") or run.info["config"].get("epochs") or 1)
+    ratio["estimated_fit_share"] = round(ratio["embed_s_per_image"] * (len(f_train) + len(f_val))
+                                         / (ratio["train_step_s_per_image"] * len(f_train) * epochs), 4)
+    result["cost_same_machine"] = {k: round(v, 5) for k, v in ratio.items()} | {"epochs": epochs}
     img = np.asarray(np.random.default_rng(1).integers(0, 256, (run.preprocessing.image_size,) * 2), dtype=np.uint8)
     torch.set_num_threads(1)
     result["latency_ms"] = predictor_latency_ms(dest, img)
@@ -234,7 +275,10 @@ def show(r: dict) -> None:
             print(f"      {name:28s} AUROC {s['auroc']:.4f}  flagged {s['flagged']:.1%}")
     g = r["guard"]
     print(f"  guard ({g['method']}): fit {g['fit_s']} s (embedding train+val {r['embed_train_val_s']} s) vs training "
-          f"{r['train_s']} s = {g.get('fit_share_of_training', float('nan')):.1%}")
+          f"{r['train_s']} s = {g.get('fit_share_of_training', float('nan')):.1%} (on a machine busier than during training)")
+    c = r["cost_same_machine"]
+    print(f"  same-machine cost: embedding {c['embed_s_per_image'] * 1e3:.1f} ms/image, training step "
+          f"{c['train_step_s_per_image'] * 1e3:.1f} ms/image x {c['epochs']} epochs: fit = {c['estimated_fit_share']:.1%} of training")
     s = r["shift"]
     print(f"  shift: official test p = {s['official_test']['p_value']:.4f} (flagged {s['official_test']['flagged']:.1%}); "
           f"val re-split p = {s['val_resplit']['p_value']:.4f} (flagged {s['val_resplit']['flagged']:.1%}); "
