@@ -135,8 +135,9 @@ def predictor_latency_ms(run_path: Path, image: np.ndarray, repeats: int = 40) -
     with_guard, without = Predictor(run_path, backend="torch", threads=1), Predictor(run_path, backend="torch", threads=1)
     without.guard = None
     times: dict[str, list[float]] = {"without_guard": [], "with_guard": []}
+    pair = [("without_guard", without), ("with_guard", with_guard)]
     for i in range(repeats + 2):
-        for name, p in (("without_guard", without), ("with_guard", with_guard)):
+        for name, p in pair if i % 2 else pair[::-1]:  # alternate which goes first
             t = time.perf_counter()
             p.predict_array(image)
             if i >= 2:
@@ -194,8 +195,11 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
         print(f"skip {src}: {'still training (no run.json yet)' if src.parent.joinpath('.' + src.name + '.partial').exists() else 'absent'}")
         return None
     dest = Path(args.work) / src.name
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("model.onnx", "model.int8.onnx", "export.json", "ood.safetensors"))
+    saved = dest / "bench-features.npz"
+    reuse = args.reuse and saved.is_file()
+    if not reuse:
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("model.onnx", "model.int8.onnx", "export.json", "ood.safetensors"))
     run = load_run(dest)
     if "ood" in run.info:
         run.update(ood=None)
@@ -204,17 +208,28 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
     print(f"\n== {dataset}: {src}")
     t0 = time.perf_counter()
     train = run.records("train")
-    f_train, train_ok = features_of(run, train, model, reporter)
-    labels = np.array([run.classes.index(r.label) for r in train_ok])
-    f_val = features_of(run, run.records("val"), model, reporter)[0]
-    embed_s = time.perf_counter() - t0
-    f_test, test_ok = features_of(run, run.records("test"), model, reporter)
-    foreign = {}
-    for other in DATASETS:
-        if other != dataset and (SHARED / other).is_dir():
-            foreign[f"{other} test"] = features_of(run, test_records(other, args.max_foreign), model, reporter)[0]
-    for kind, paths in generated.items():
-        foreign[f"generated {kind}"] = features_of(run, [Record(p, "", None, None) for p in paths], model, reporter)[0]
+    if reuse:  # the features a previous run of this script saved (--reuse): only the figures are recomputed
+        z = np.load(saved)
+        f_train, labels, f_val, f_test = z["train"], z["train_labels"], z["val"], z["test"]
+        train_ok = train
+        foreign = {k.replace("_test", " test").replace("generated_", "generated "): z[k] for k in z.files
+                   if k not in ("train", "train_labels", "val", "test", "test_labels", "embed_s")}
+        embed_s = float(z["embed_s"]) if "embed_s" in z.files else float("nan")
+    else:
+        f_train, train_ok = features_of(run, train, model, reporter)
+        labels = np.array([run.classes.index(r.label) for r in train_ok])
+        f_val = features_of(run, run.records("val"), model, reporter)[0]
+        embed_s = time.perf_counter() - t0
+        f_test, test_ok = features_of(run, run.records("test"), model, reporter)
+        test_labels = np.array([run.classes.index(r.label) for r in test_ok])
+        foreign = {}
+        for other in DATASETS:
+            if other != dataset and (SHARED / other).is_dir():
+                foreign[f"{other} test"] = features_of(run, test_records(other, args.max_foreign), model, reporter)[0]
+        for kind, paths in generated.items():
+            foreign[f"generated {kind}"] = features_of(run, [Record(p, "", None, None) for p in paths], model, reporter)[0]
+        np.savez_compressed(saved, train=f_train, train_labels=labels, val=f_val, test=f_test, test_labels=test_labels,
+                            embed_s=embed_s, **{k.replace(" ", "_"): v for k, v in foreign.items()})
     result = {"run": str(src), "dataset": dataset, "model": run.model_name, "features": int(f_train.shape[1]),
               "images": {"train": len(f_train), "val": len(f_val), "test": len(f_test),
                          **{k: len(v) for k, v in foreign.items()}},
@@ -251,9 +266,6 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
         "val_resplit": {**{k: resplit[k] for k in keys}, "flagged": round(float(np.mean(~guard.flags(b)[1])), 4)},
         "train_seen_vs_val": {k: seen_check[k] for k in keys},
     }
-    np.savez_compressed(dest / "bench-features.npz", train=f_train, train_labels=labels, val=f_val, test=f_test,
-                        test_labels=np.array([run.classes.index(r.label) for r in test_ok]),
-                        **{k.replace(" ", "_"): v for k, v in foreign.items()})
     ratio = cost_ratio(run, model, train_ok[:128])
     epochs = int(run.info.get("epochs_run") or run.info["config"].get("epochs") or 1)
     ratio["estimated_fit_share"] = round(ratio["embed_s_per_image"] * (len(f_train) + len(f_val))
@@ -293,6 +305,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-foreign", type=int, default=300, help="images drawn from each other dataset's test split")
     ap.add_argument("--generated", type=int, default=100, help="generated images of each kind")
     ap.add_argument("--quantile", type=float, default=0.95)
+    ap.add_argument("--reuse", action="store_true", help="reuse the features a previous run saved in --work")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ood.json")
     args = ap.parse_args(argv)

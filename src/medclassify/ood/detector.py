@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 METHODS = ("mahalanobis", "knn")
 KNN_K = 10
@@ -32,19 +33,26 @@ class Detector:
     def dim(self) -> int:
         return int(self.tensors["center"].shape[0]) if self.method == "mahalanobis" else int(self.tensors["bank"].shape[1])
 
+    def _torch(self) -> dict:
+        if not hasattr(self, "_t"):
+            self._t = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in self.tensors.items()}
+        return self._t
+
     def score(self, features: np.ndarray) -> np.ndarray:
-        f = np.asarray(features, dtype=np.float32)
+        # In PyTorch, on its threads: right after a forward pass, NumPy's BLAS took ~9 ms to wake its own
+        # thread pool for one image on 2 busy cores; the same product in PyTorch took ~1 ms.
+        f = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         if f.ndim != 2 or f.shape[1] != self.dim:
-            raise ValueError(f"features of shape {f.shape} do not fit this detector ({self.dim} features)")
-        if self.method == "mahalanobis":
-            t = self.tensors
-            g = (f - t["center"]) @ t["whiten"]
-            d = (g * g).sum(1)[:, None] - 2 * g @ t["means"].T + (t["means"] * t["means"]).sum(1)[None, :]
-            return (np.maximum(d.min(1), 0) / self.dim).astype(np.float64)
-        sims = _normalised(f) @ self.tensors["bank"].T
-        k = min(self.k, sims.shape[1])
-        kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
-        return (1.0 - kth).astype(np.float64)
+            raise ValueError(f"features of shape {tuple(f.shape)} do not fit this detector ({self.dim} features)")
+        t = self._torch()
+        with torch.inference_mode():
+            if self.method == "mahalanobis":
+                g = (f - t["center"]) @ t["whiten"]
+                d = (g * g).sum(1, keepdim=True) - 2 * g @ t["means"].T + (t["means"] * t["means"]).sum(1)[None, :]
+                return (d.min(1).values.clamp_min(0) / self.dim).double().numpy()
+            sims = torch.nn.functional.normalize(f, dim=1) @ t["bank"].T
+            k = min(self.k, sims.shape[1])
+            return (1.0 - sims.topk(k, dim=1).values[:, k - 1]).double().numpy()
 
     def flags(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores, in_distribution) of a batch of features."""
