@@ -38,8 +38,8 @@ def fit_guard_cmd(
     run: Path = typer.Argument(..., help="Run directory (trained before the guard existed, or to re-fit)."),
     quantile: float = typer.Option(0.95, "--quantile", min=0.5, max=0.9999,
                                    help="Share of validation images that count as in-distribution."),
-    method: str = typer.Option("knn", "--method", help="knn (cosine distance to the k-th nearest training image) "
-                                                       "or mahalanobis (shared covariance)."),
+    method: str = typer.Option("mahalanobis", "--method", help="mahalanobis (nearest class mean, shared covariance) "
+                                                              "or knn (cosine distance to the 10th nearest training image)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Fit the out-of-distribution guard of an existing run on its training images (needs them on disk)."""
