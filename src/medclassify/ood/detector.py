@@ -73,7 +73,7 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray) -> Detector:
     centred = f - means[np.searchsorted(classes, labels)]
     cov = LedoitWolf(assume_centered=True).fit(centred).covariance_
     evals, evecs = np.linalg.eigh(cov)
-    whiten = evecs / np.sqrt(np.maximum(evals, evals.max() * 1e-9))[None, :]
+    whiten = evecs / np.sqrt(np.maximum(evals, max(float(evals.max()) * 1e-9, 1e-12)))[None, :]  # all-equal features: no NaN
     center = f.mean(0)
     return Detector("mahalanobis", {"center": center.astype(np.float32), "whiten": whiten.astype(np.float32),
                                     "means": ((means - center) @ whiten).astype(np.float32)})

@@ -115,6 +115,11 @@ def store_guard(run: Run, f_train: np.ndarray, labels: np.ndarray, f_held: np.nd
         held_split = "train (a held-out tenth)"
     detector = fit_detector(method, f_train, labels, seed=seed)
     held_scores = set_threshold(detector, f_held, quantile)
+    if not np.isfinite(detector.threshold):
+        reason = "the training images' features are degenerate (the detector's threshold is not finite)"
+        run.update(ood={"status": "unavailable", "reason": reason})
+        (reporter or Reporter(quiet=True)).warn(f"No out-of-distribution guard: {reason}.")
+        return run.info["ood"]
     reference = f_held if len(f_held) <= MAX_REFERENCE else f_held[np.sort(rng.choice(len(f_held), MAX_REFERENCE, replace=False))]
     path = run.path / GUARD_FILE
     save_detector(detector, path, {"reference": reference.astype(np.float32)})
