@@ -22,7 +22,7 @@ LAYERS = [
     {"data"},
     # the run record builds its model, and the one forward pass (engine) runs a model or an ONNX
     # session: both sit below training, which writes runs and validates through the engine
-    {"models", "run", "engine"},
+    {"models", "run", "engine", "ood"},
     {"training"},
     {"evaluation"},
     {"inference"},

@@ -102,7 +102,7 @@ def test_predictions_list_repr_and_frame(api_result, small_dataset):
     text = repr(preds)
     assert len(text) < 300 and f"{len(preds)} images" in text
     frame = preds.to_pandas()
-    assert frame.shape == (len(preds), 5 + len(api_result.run.classes))
+    assert frame.shape == (len(preds), 8 + len(api_result.run.classes))  # with abstain_reason, ood_score, in_distribution
     assert "<table" in preds._repr_html_()
 
 

@@ -98,6 +98,8 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device to train on.")
     workers: int | None = Field(None, ge=1, description="Decode processes for the image cache. Default: all cores.")
     threads: int | None = Field(None, ge=1, description="CPU threads for PyTorch. Default: all cores.")
+    ood_quantile: float = Field(0.95, gt=0, lt=1, description="Out-of-distribution guard: the share of validation "
+                                "images that count as in-distribution (sets its threshold).")
     track: Literal["none", "mlflow"] = Field("none", description=(
         "Log settings, epochs, test figures and files to MLflow (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME); "
         "needs pip install 'medclassify[track]'."))

@@ -33,6 +33,53 @@ class Net:
         with torch.inference_mode(), autocast_context(self.device, self.amp_dtype):
             return self.model(x.to(self.device, non_blocking=True)).float().cpu()
 
+    @property
+    def has_features(self) -> bool:
+        """Whether this network can return its penultimate features (an ONNX file exported before
+        they were added has only the logits)."""
+        if self.session is not None:
+            return len(self.session.get_outputs()) > 1
+        return has_feature_head(self.model)
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, penultimate features) of a batch."""
+        if self.session is not None:
+            arr = np.ascontiguousarray(x.detach().cpu().contiguous().numpy(), dtype=np.float32)
+            z, f = self.session.run(None, {self.input_name: arr})[:2]
+            return torch.from_numpy(z.astype(np.float32)), torch.from_numpy(f.astype(np.float32))
+        with torch.inference_mode(), autocast_context(self.device, self.amp_dtype):
+            z, f = logits_and_features(self.model, x.to(self.device, non_blocking=True))
+            return z.float().cpu(), f.float().cpu()
+
+
+def has_feature_head(model: nn.Module) -> bool:
+    return callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))
+
+
+def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits and the features its classifier layer reads (timm's pre_logits), from one
+    pass through the backbone."""
+    if not has_feature_head(model):
+        raise ValueError(f"{type(model).__name__} has no forward_features/forward_head: its features cannot be read")
+    fmap = model.forward_features(x)
+    feats = model.forward_head(fmap, pre_logits=True)
+    classifier = model.get_classifier() if callable(getattr(model, "get_classifier", None)) else None
+    # In eval mode the head after pre_logits is the classifier alone (timm's dropout is off), so it is
+    # applied to the features rather than pooling twice; models without get_classifier run their head.
+    z = classifier(feats) if isinstance(classifier, nn.Module) and not model.training else model.forward_head(fmap)
+    return z, feats
+
+
+class WithFeatures(nn.Module):
+    """A model whose forward returns (logits, features): what the ONNX export traces."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        return logits_and_features(self.model, x)
+
 
 def as_net(net: Net | nn.Module) -> Net:
     return net if isinstance(net, Net) else Net(net)
@@ -47,6 +94,16 @@ def tta_logits(net: Net | nn.Module, x: torch.Tensor, tta: bool = False) -> torc
         z = net.logits(torch.cat([x, x.flip(3)]))
         return (z[: len(x)] + z[len(x) :]) / 2
     return (net.logits(x) + net.logits(x.flip(3))) / 2
+
+
+def tta_outputs(net: Net | nn.Module, x: torch.Tensor, tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, features) of a batch; with `tta`, each the mean of the image's and its mirror's."""
+    net = as_net(net)
+    if not tta:
+        return net.outputs(x)
+    z, f = net.outputs(torch.cat([x, x.flip(3)]))
+    n = len(x)
+    return (z[:n] + z[n:]) / 2, (f[:n] + f[n:]) / 2
 
 
 def softmax(logits, temperature: float = 1.0) -> np.ndarray:
@@ -67,6 +124,14 @@ def forward(net: Net | nn.Module, x: torch.Tensor, tta: bool = False, temperatur
     return softmax(z, temperature).astype(np.float32), z
 
 
+def forward_features(net: Net | nn.Module, x: torch.Tensor, tta: bool = False,
+                     temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities, logits, penultimate features) of a model-ready batch."""
+    z, f = tta_outputs(net, x, tta)
+    z = z.numpy()
+    return softmax(z, temperature).astype(np.float32), z, f.numpy()
+
+
 def forward_images(net: Net | nn.Module, images: np.ndarray, prep: Preprocessing, tta: bool = False,
                    temperature: float = 1.0, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(N, H, W, C) uint8 images already at the run's size -> (probabilities, logits)."""
@@ -74,23 +139,23 @@ def forward_images(net: Net | nn.Module, images: np.ndarray, prep: Preprocessing
 
 
 def predict_rows(net: Net | nn.Module, images: np.ndarray, rows: np.ndarray, prep: Preprocessing, batch_size: int = 64,
-                 tta: bool = False, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of a decoded-image cache -> (probabilities, logits), in the order of `rows`."""
+                 tta: bool = False, temperature: float = 1.0, features: bool = False) -> tuple[np.ndarray, ...]:
+    """Rows of a decoded-image cache -> (probabilities, logits), in the order of `rows`; with
+    `features`, (probabilities, logits, penultimate features)."""
     order = np.argsort(rows, kind="stable")  # sequential memmap reads, results put back in order
-    p, z = _batched(net, (images[rows[order[s : s + batch_size]]] for s in range(0, len(rows), batch_size)),
-                    prep, tta, temperature)
+    out = _batched(net, (images[rows[order[s : s + batch_size]]] for s in range(0, len(rows), batch_size)),
+                   prep, tta, temperature, features)
     inv = np.empty_like(order)
     inv[order] = np.arange(len(order))
-    return p[inv], z[inv]
+    return tuple(a[inv] for a in out)
 
 
-def _batched(net, batches, prep: Preprocessing, tta: bool, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+def _batched(net, batches, prep: Preprocessing, tta: bool, temperature: float, features: bool = False) -> tuple[np.ndarray, ...]:
     net = as_net(net)
-    probs, logits = [], []
+    parts: list[tuple] = []
     for batch in batches:
-        p, z = forward(net, prep(np.require(batch, requirements=["C", "W"])), tta, temperature)
-        probs.append(p)
-        logits.append(z)
-    if not logits:
-        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    return np.concatenate(probs), np.concatenate(logits)
+        x = prep(np.require(batch, requirements=["C", "W"]))
+        parts.append(forward_features(net, x, tta, temperature) if features else forward(net, x, tta, temperature))
+    if not parts:
+        return tuple(np.zeros((0, 0), np.float32) for _ in range(3 if features else 2))
+    return tuple(np.concatenate(a) for a in zip(*parts))

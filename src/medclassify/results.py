@@ -145,10 +145,11 @@ class Predictions(_Pretty, list):
         pd = _pandas()
         classes = self.classes or sorted({c for p in self for c in p.probabilities})
         rows = [{"path": p.path, "predicted": p.label, "confidence": p.confidence if p.probabilities else None,
-                 "abstain": p.abstain, "error": p.error,
+                 "abstain": p.abstain, "abstain_reason": p.abstain_reason, "ood_score": p.ood_score,
+                 "in_distribution": p.in_distribution, "error": p.error,
                  **{f"prob_{c}": p.probabilities.get(c) for c in classes}} for p in self]
-        return pd.DataFrame(rows, columns=["path", "predicted", "confidence", "abstain", "error",
-                                           *[f"prob_{c}" for c in classes]])
+        return pd.DataFrame(rows, columns=["path", "predicted", "confidence", "abstain", "abstain_reason", "ood_score",
+                                           "in_distribution", "error", *[f"prob_{c}" for c in classes]])
 
     def _repr_html_(self) -> str:
         shown = self.to_pandas().head(20)

@@ -56,6 +56,14 @@ class TTARecord(_Open):
     enabled: bool = False
 
 
+class OODRecord(_Open):
+    """The out-of-distribution guard (medclassify/ood): fitted, or why it is unavailable."""
+
+    status: str
+    threshold: float | None = Field(None, allow_inf_nan=False)
+    quantile: float | None = Field(None, gt=0, lt=1)
+
+
 class RunRecord(_Open):
     """run.json, validated once when a run is loaded. Only what later commands rely on is typed;
     everything else (data summary, audit, timings, ...) passes through untouched."""
@@ -67,6 +75,7 @@ class RunRecord(_Open):
     calibration: CalibrationRecord | None = None
     operating_point: OperatingPointRecord | None = None
     tta: TTARecord | None = None
+    ood: OODRecord | None = None
 
     @field_validator("classes")
     @classmethod
@@ -245,7 +254,7 @@ CHECKPOINT = "checkpoint.json"  # the per-epoch checkpoint's commit point (see t
 CHECKPOINT_TENSORS = "checkpoint-*.safetensors"
 LOCK = "lock.json"
 # What a partial training folder may hold: the run's own files, the checkpoint, and atomic-write temporaries.
-_OURS = ("run.json", "config.yaml", "model.safetensors", "last.safetensors", "split.csv", "skipped.csv", "history.csv", "metrics",
+_OURS = ("run.json", "config.yaml", "model.safetensors", "last.safetensors", "ood.safetensors", "split.csv", "skipped.csv", "history.csv", "metrics",
          CHECKPOINT, LOCK, CHECKPOINT_TENSORS, ".*.partial-*")
 
 

@@ -40,7 +40,8 @@ def test_round_trip_train_evaluate_predict(small_dataset, tmp_path, quiet):
     preds = predict_files(run_dir, [small_dataset / "test"], tmp_path / "p.csv", reporter=quiet)
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert len(rows) == len(preds) == 12
-    assert set(rows[0]) == {"path", "predicted", "prob_lesion", "prob_normal", "abstain", "error"}
+    assert set(rows[0]) == {"path", "predicted", "prob_lesion", "prob_normal", "abstain", "abstain_reason", "ood_score",
+                            "in_distribution", "error"}
     for row in rows:
         assert abs(float(row["prob_lesion"]) + float(row["prob_normal"]) - 1) < 1e-4
         assert row["predicted"] in ("lesion", "normal")

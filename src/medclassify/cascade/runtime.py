@@ -19,6 +19,8 @@ class CascadeStep:
     probability: float
     probabilities: dict[str, float]
     version: str
+    ood_score: float | None = None
+    in_distribution: bool | None = None
 
 
 @dataclass
@@ -29,6 +31,11 @@ class CascadeResult:
     steps: list[CascadeStep]
     abstain: bool
     error: str | None = None
+    # Out-of-distribution: the entry stage's score; in_distribution is False when any stage's guard
+    # flags the image, None when no stage has a guard.
+    ood_score: float | None = None
+    in_distribution: bool | None = None
+    abstain_reason: str | None = None
 
 
 class Cascade:
@@ -69,13 +76,22 @@ class Cascade:
             if pred.error:
                 return CascadeResult(path, None, 0.0, steps, False, pred.error)
             p = pred.probabilities[pred.label]
-            steps.append(CascadeStep(name, pred.label, p, pred.probabilities, self.predictors[name].version))
+            steps.append(CascadeStep(name, pred.label, p, pred.probabilities, self.predictors[name].version,
+                                     pred.ood_score, pred.in_distribution))
             prob *= p
             abstain = abstain or pred.abstain
             nxt = self.spec.stages[name].route.get(pred.label)
             if nxt is None:
-                return CascadeResult(path, pred.label, prob, steps, abstain)
+                return self._finished(path, pred.label, prob, steps, abstain)
             name = nxt
+
+    @staticmethod
+    def _finished(path, label, prob, steps: list[CascadeStep], abstain: bool) -> CascadeResult:
+        flags = [s.in_distribution for s in steps if s.in_distribution is not None]
+        inside = None if not flags else all(flags)
+        reason = "out_of_distribution" if inside is False else "low_confidence" if abstain else None
+        return CascadeResult(path, label, prob, steps, reason is not None, ood_score=steps[0].ood_score,
+                             in_distribution=inside, abstain_reason=reason)
 
     def predict_file(self, path: str | Path, data: bytes | None = None) -> CascadeResult:
         """Raises UnreadableImage like Predictor.predict_file (`data`: the file's bytes, held in memory)."""

@@ -46,9 +46,11 @@ def predict(
         raise DataError(f"None of the {len(preds)} input file(s) could be predicted (first: {preds[0].path}: {preds[0].error}); "
                         f"each is listed with its error in {out}.", "pass readable image files (PNG, JPEG, DICOM, ...).")
     counts = Counter(p.label for p in preds if p.label)
-    abstained = sum(p.abstain for p in preds)
+    abstained = sum(p.abstain_reason == "low_confidence" for p in preds)
+    foreign = sum(p.in_distribution is False for p in preds)
     typer.echo(f"{len(preds)} image(s): " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items()))
-               + (f" ({abstained} under the abstain threshold)" if abstained else "") + f"; written to {out}")
+               + (f" ({abstained} under the abstain threshold)" if abstained else "")
+               + (f" ({foreign} unlike the training images: out of distribution)" if foreign else "") + f"; written to {out}")
     if patient_pattern:
         patients = aggregate_patients(preds, patient_pattern, patient_agg)
         classes = list(next(p for p in preds if p.probabilities).probabilities) if patients else []

@@ -8,7 +8,9 @@ in three places: the console (evaluate), metrics/<split>.json ("warnings") and t
   recall otherwise) wider than MAX_CI_WIDTH = 0.20 (about 60 images per class at 85%).
 - selection_split: the figures are on images that chose the model (validation picks the epoch, the
   test-time augmentation, the calibration and any threshold; training images fitted the weights), so
-  they are optimistic."""
+  they are optimistic.
+- distribution_shift: the shift check (evaluation/shift.py) finds these images unlike the training
+  distribution, so validation figures overstate the figures on them."""
 
 from __future__ import annotations
 
@@ -53,6 +55,9 @@ def metric_warnings(metrics: dict) -> list[dict]:
                         f"The {split} split ({metrics['n']} images) is too small for precise figures: "
                         + "; ".join(f"{name} 95% interval {_pct(lo)}–{_pct(hi)}" for name, lo, hi in wide)
                         + f" (wider than {MAX_CI_WIDTH:.2f}). More test images are needed before relying on them."})
+    shift = metrics.get("shift") or {}
+    if shift.get("shift") and split not in ("val", "train"):
+        out.append({"code": "distribution_shift", "message": shift["message"]})
     if split in ("val", "train"):
         chose = ("fitted the weights" if split == "train" else
                  "chose the kept epoch, the test-time augmentation, the calibration and any threshold")

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..data.sources import scan_folder
 from ..errors import ConfigError, RunError
-from ..io import check_output_file, check_writable_folder
+from ..io import check_output_file, check_writable_folder, write_csv
 from ..reporting import Reporter
 from ..engine import softmax
 from ..run import Run, load_run
@@ -20,6 +20,7 @@ from .bootstrap import attach_cis
 from .intervals import proportion_cis
 from .calibration import expected_calibration_error, fit_temperature, reliability, save_temperature
 from .narrative import facts
+from .shift import shift_check
 from .threshold import check_target, choose_threshold, operating_point
 
 
@@ -156,7 +157,10 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
     if calibrate_first:
         choose_tta(run, reporter)
         calibrate(run, reporter)
-    metrics = score_records(run, records, reporter=reporter, model=model)
+    metrics = score_records(run, records, reporter=reporter, model=model, features=True)
+    feats = metrics.pop("_features", None)
+    metrics["shift"] = shift_check(run, records, name, reporter, seed, features=feats) if feats is not None and len(feats) > 1 \
+        else {"status": "unavailable", "name": name, "reason": "the model's features cannot be read"}
     metrics["split"] = name
     metrics["source"] = str(data) if data is not None else str(run.path / "split.csv")
     add_statistics(metrics, n_boot=n_boot, seed=seed, order=order_idx)
@@ -166,10 +170,26 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
     metrics["facts"] = facts(run.info, metrics)
     if save:
         run.save_metrics(name, metrics)
+        write_predictions_table(run, metrics)
         tracker = run_tracker(run.info, reporter)  # the training's MLflow run, when it was tracked
         tracker.log_test(metrics)
         tracker.log_artifacts(run.path, ("run.json", "metrics"))
     return metrics
+
+
+def write_predictions_table(run: Run, metrics: dict) -> Path:
+    """metrics/<split>-predictions.csv: one row per image with its label, prediction, probabilities,
+    and the out-of-distribution guard's ood_score and in_distribution (empty without a guard)."""
+    pr, classes = metrics["predictions"], run.classes
+    probs = np.asarray(pr["probabilities"], dtype=np.float64).reshape(len(pr["paths"]), -1)
+    n = len(pr["paths"])
+    scores, inside = pr.get("ood_scores", [None] * n), pr.get("in_distribution", [None] * n)
+    path = run.path / "metrics" / f"{metrics['split']}-predictions.csv"
+    write_csv(path, ["path", "label", "predicted", "confidence", *[f"prob_{c}" for c in classes], "ood_score", "in_distribution"],
+              ([pr["paths"][i], classes[pr["labels"][i]], classes[int(probs[i].argmax())], f"{probs[i].max():.6f}",
+                *[f"{v:.6f}" for v in probs[i]], "" if scores[i] is None else f"{scores[i]:.6g}",
+                "" if inside[i] is None else ("yes" if inside[i] else "no")] for i in range(n)))
+    return path
 
 
 def saved_metrics(run: Run, split: str) -> dict | None:

@@ -1,7 +1,9 @@
 """Exporting a run's model to ONNX (dynamic batch), with a parity check on the run's own images.
 
 The ONNX graph takes the preprocessed tensor (N, C, H, W) and returns logits, exactly like the
-PyTorch model, so the Predictor's preprocessing and temperature apply unchanged. The file is stored
+PyTorch model, so the Predictor's preprocessing and temperature apply unchanged, and the penultimate
+features as a second output, so the out-of-distribution guard scores alike on both backends (its
+scores are part of the parity check). The file is stored
 in the run (model.onnx) with export.json (opset, weights version, SHA-256 of the file, parity
 figures); the Predictor uses it only while export.json vouches for that very file and the weights
 now in the run (exported.py)."""
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data.images import UnreadableImage
+from ..engine import WithFeatures, has_feature_head
 from ..errors import ConfigError, RunError
 from ..io import atomic_path, check_output_file
 from ..reporting import Reporter
@@ -28,6 +31,7 @@ from .predictor import Predictor, weights_hash
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| over every class of every checked image
 PARITY_IMAGES = 32
+OOD_PARITY_TOLERANCE = 1e-3  # max |s_onnx - s_torch| / threshold of the out-of-distribution guard
 
 
 def _exporter_kwargs() -> dict:
@@ -35,7 +39,7 @@ def _exporter_kwargs() -> dict:
     try:
         import onnxscript  # noqa: F401
     except ImportError:
-        return {"dynamo": False, "dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}}
+        return {"dynamo": False, "dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}}}
     return {"dynamo": True, "dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=4096)},)}
 
 
@@ -111,6 +115,22 @@ def exportable(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module
     return model
 
 
+def _ood_parity(run: Run, torch_pred: Predictor, s_torch, s_onnx) -> dict:
+    """The guard's scores on both backends agree (relative to the threshold), and its in/out
+    decisions are the same for every checked image."""
+    if s_torch is None or s_onnx is None:
+        return {}
+    scale = max(abs(torch_pred.guard.threshold), 1e-12)
+    rel = float(np.abs(s_onnx - s_torch).max() / scale)
+    t = torch_pred.guard.threshold
+    same = float(((s_onnx <= t) == (s_torch <= t)).mean())
+    if not rel <= OOD_PARITY_TOLERANCE:
+        raise RunError(f"ONNX export of {run.path} gives out-of-distribution scores {rel:.2e} (relative to the threshold) "
+                       f"away from PyTorch's (limit {OOD_PARITY_TOLERANCE:.0e}); the new model.onnx was not kept.",
+                       "report this model architecture as an export bug; predict uses PyTorch meanwhile.")
+    return {"max_rel_ood_score_diff": rel, "ood_agreement": same}
+
+
 def parity_images(run: Run, n: int = PARITY_IMAGES) -> list[str]:
     """Real images of the run: its test split first, then val and train, files that still exist."""
     out: list[str] = []
@@ -151,22 +171,26 @@ def export_onnx(run: Run | str | Path, reporter: Reporter | None = None, images:
     prep = run.preprocessing
     dummy = torch.zeros(2, prep.channels, prep.image_size, prep.image_size)
     model = exportable(run.build_model().float().eval(), dummy)
+    outputs = ["logits", "features"] if has_feature_head(model) else ["logits"]
+    traced = WithFeatures(model).eval() if len(outputs) == 2 else model
     version = weights_hash(run.path)
     kwargs = _exporter_kwargs()
     old = read_export_meta(run.path)
     with atomic_path(run.path / ONNX_FILE) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
-            torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
+            torch.onnx.export(traced, (dummy,), str(tmp), input_names=["input"], output_names=outputs,
                               opset_version=OPSET, do_constant_folding=True, **kwargs)
         batch = np.stack(arrays)
-        p_torch = torch_pred.probabilities(batch)
-        p_onnx = Predictor(run, backend="onnx", onnx_file=tmp).probabilities(batch)
+        onnx_pred = Predictor(run, backend="onnx", onnx_file=tmp)
+        p_torch, s_torch = torch_pred.outputs(batch)
+        p_onnx, s_onnx = onnx_pred.outputs(batch)
         diff = float(np.abs(p_onnx - p_torch).max())
         if not diff <= PARITY_TOLERANCE:
             raise RunError(f"ONNX export of {run.path} differs from PyTorch by {diff:.2e} in probability "
                            f"(limit {PARITY_TOLERANCE:.0e}); the new model.onnx was not kept.",
                            "report this model architecture as an export bug; predict uses PyTorch meanwhile.")
+        ood_parity = _ood_parity(run, torch_pred, s_torch, s_onnx)
         meta = {
             "format": "onnx",
             "file": ONNX_FILE,
@@ -174,10 +198,12 @@ def export_onnx(run: Run | str | Path, reporter: Reporter | None = None, images:
             "exporter": "dynamo" if kwargs.get("dynamo") else "torchscript",
             "input": {"name": "input", "shape": ["batch", prep.channels, prep.image_size, prep.image_size], "dtype": "float32"},
             "output": {"name": "logits", "shape": ["batch", len(run.classes)]},
+            "outputs": outputs,
             "weights_version": version,
             "sha256": file_sha256(tmp),
             "parity": {"status": "passed", "images": len(paths), "max_abs_probability_diff": diff,
-                       "tolerance": PARITY_TOLERANCE, "agreement": float((p_onnx.argmax(1) == p_torch.argmax(1)).mean())},
+                       "tolerance": PARITY_TOLERANCE, "agreement": float((p_onnx.argmax(1) == p_torch.argmax(1)).mean()),
+                       **ood_parity},
             "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -24,9 +24,10 @@ from ..config import Backend, PredictOptions, predict_default
 from ..data.images import UnreadableImage, array_for_model, load_for_model
 from ..data.listing import list_image_files
 from ..data.sources import compile_patient_pattern, patient_from_match
-from ..engine import Net, forward
+from ..engine import Net, forward, forward_features
 from ..errors import ConfigError, DataError, RunError
 from ..io import check_output_file, write_csv
+from ..ood import load_guard
 from ..reporting import Reporter
 from ..run import Run, load_run
 from . import exported
@@ -44,6 +45,10 @@ class Prediction:
     probabilities: dict[str, float]
     error: str | None = None
     abstain: bool = False
+    # The out-of-distribution guard (medclassify/ood): None when the run has none.
+    ood_score: float | None = None
+    in_distribution: bool | None = None
+    abstain_reason: str | None = None  # "out_of_distribution" or "low_confidence"
 
     @property
     def confidence(self) -> float:
@@ -123,6 +128,15 @@ class Predictor:
                     raise
                 self.fallback, use_onnx, self.backend = f"{e.message} Using PyTorch instead.", False, "torch"
                 logging.getLogger("medclassify").warning(self.fallback)
+        self.guard, self.guard_reason = load_guard(self.run)
+        if self.guard is not None and use_onnx and len(self.session.get_outputs()) < 2:
+            # An ONNX file exported before the guard has no features output: auto keeps the guard on PyTorch.
+            old = f"{self.run.path / 'model.onnx'} has no features output (exported before the out-of-distribution guard)"
+            if backend == "auto":
+                self.fallback, use_onnx, self.backend, self.session = f"{old}: using PyTorch; export it again.", False, "torch", None
+                logging.getLogger("medclassify").warning(self.fallback)
+            else:
+                self.guard, self.guard_reason = None, f"{old}: export it again"
         if not use_onnx:
             self._model = self.run.build_model().to(memory_format=torch.channels_last)
         self.net = Net(session=self.session) if use_onnx else Net(self._model)
@@ -138,7 +152,13 @@ class Predictor:
         return {"run": str(self.run.path), "classes": self.classes, "model": self.run.model_name,
                 "version": self.version, "backend": self.backend, "temperature": self.temperature,
                 "abstain_below": self.abstain_below, "tta": self.tta, "operating_point": self.operating_point,
-                "preprocessing": self.prep.model_dump()}
+                "ood": self.guard_info(), "preprocessing": self.prep.model_dump()}
+
+    def guard_info(self) -> dict:
+        if self.guard is None:
+            return {"enabled": False, "reason": self.guard_reason}
+        return {"enabled": True, "method": self.guard.detector.method, "threshold": self.guard.threshold,
+                "quantile": self.guard.info.get("quantile")}
 
     def load(self, path: str | Path, data: bytes | None = None) -> np.ndarray:
         """File (or its bytes, named by `path`) -> (H, W, C) uint8, exactly as the training cache decodes it."""
@@ -156,21 +176,36 @@ class Predictor:
         (engine.py) with the run's TTA choice and temperature, as in evaluation."""
         return forward(self.net, self.tensor(batch), self.tta, self.temperature)[0]
 
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, out-of-distribution scores or None without a guard) of a preprocessed batch."""
+        if self.guard is None:
+            return self.probabilities(batch), None
+        p, _, f = forward_features(self.net, self.tensor(batch), self.tta, self.temperature)
+        return p, self.guard.detector.score(f)
+
+    def predict_decoded(self, arr: np.ndarray, path: str | None = None) -> Prediction:
+        """One (H, W, C) uint8 image already at the run's size."""
+        p, s = self.outputs(arr[None])
+        return self.wrap(path, p[0], None if s is None else float(s[0]))
+
     def predict_array(self, pixels: np.ndarray, path: str | None = None) -> Prediction:
-        arr = array_for_model(pixels, self.prep.image_size, self.prep.resize, self.prep.channels)
-        return self.wrap(path, self.probabilities(arr[None])[0])
+        return self.predict_decoded(array_for_model(pixels, self.prep.image_size, self.prep.resize, self.prep.channels), path)
 
     def predict_file(self, path: str | Path, data: bytes | None = None) -> Prediction:
         """One file (or its bytes, named by `path`); raises UnreadableImage with the reason."""
-        return self.wrap(str(path), self.probabilities(self.load(path, data)[None])[0])
+        return self.predict_decoded(self.load(path, data), str(path))
 
-    def wrap(self, path: str | None, p: np.ndarray) -> Prediction:
+    def wrap(self, path: str | None, p: np.ndarray, ood_score: float | None = None) -> Prediction:
         top = int(p.argmax())
         if self.operating_point:
             pos = self.classes.index(self.operating_point["positive_class"])
             top = pos if p[pos] >= self.operating_point["threshold"] else 1 - pos
-        abstain = self.abstain_below is not None and float(p[top]) < self.abstain_below
-        return Prediction(path, self.classes[top], {c: float(v) for c, v in zip(self.classes, p)}, abstain=abstain)
+        unsure = self.abstain_below is not None and float(p[top]) < self.abstain_below
+        ood_score = None if ood_score is None else float(ood_score)
+        inside = None if ood_score is None or self.guard is None else bool(ood_score <= self.guard.threshold)
+        reason = "out_of_distribution" if inside is False else "low_confidence" if unsure else None
+        return Prediction(path, self.classes[top], {c: float(v) for c, v in zip(self.classes, p)}, abstain=reason is not None,
+                          ood_score=ood_score, in_distribution=inside, abstain_reason=reason)
 
     def predict_paths(self, paths: Sequence[str], on_batch: Callable[[int], None] | None = None,
                       threads: int | None = None) -> list[Prediction]:
@@ -200,10 +235,10 @@ class Predictor:
                     next_chunk += 1
                 done = [f.result() for f in futures]
                 good = [(p, a) for p, a, e in done if e is None]
-                probs = self.probabilities(np.stack([a for _, a in good])) if good else np.zeros((0, len(self.classes)))
-                it = iter(probs)
+                probs, scores = self.outputs(np.stack([a for _, a in good])) if good else (np.zeros((0, len(self.classes))), None)
+                it = iter(zip(probs, scores if scores is not None else [None] * len(probs)))
                 for p, a, e in done:
-                    out.append(Prediction(p, None, {}, e) if e else self.wrap(p, next(it)))
+                    out.append(Prediction(p, None, {}, e) if e else self.wrap(p, *next(it)))
                 if on_batch:
                     on_batch(len(done))
         return out
@@ -349,9 +384,13 @@ def check_output_inputs(out: str | Path, run_path: str | Path, inputs: Iterable[
 
 
 def write_predictions_csv(out: str | Path, preds: list[Prediction], classes: list[str]) -> None:
-    write_csv(out, ["path", "predicted", *[f"prob_{c}" for c in classes], "abstain", "error"],
+    """One row per image; ood_score and in_distribution are empty when the run has no guard."""
+    write_csv(out, ["path", "predicted", *[f"prob_{c}" for c in classes], "abstain", "abstain_reason", "ood_score",
+                    "in_distribution", "error"],
                 ([p.path, p.label or "", *[f"{p.probabilities[c]:.6f}" if p.probabilities else "" for c in classes],
-                  ("yes" if p.abstain else "no") if p.probabilities else "", p.error or ""] for p in preds))
+                  ("yes" if p.abstain else "no") if p.probabilities else "", p.abstain_reason or "",
+                  "" if p.ood_score is None else f"{p.ood_score:.6g}",
+                  "" if p.in_distribution is None else ("yes" if p.in_distribution else "no"), p.error or ""] for p in preds))
 
 
 @dataclass

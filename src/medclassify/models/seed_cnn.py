@@ -33,8 +33,19 @@ class SeedCNN(nn.Module):
         )
         self.num_classes = num_classes
 
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        """timm's interface: `pre_logits` gives the 64 features the output layer reads."""
+        x = self.head[:-1](self.pool(x))
+        return x if pre_logits else self.head[-1](x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head[-1]
+
     def forward(self, x):
-        return self.head(self.pool(self.features(x)))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model("seed_cnn", "Keras-notebook Sequential CNN (Conv 32-64-64-128-256, Dense 128-64)",

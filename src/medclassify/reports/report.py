@@ -23,6 +23,7 @@ from ..data.images import UnreadableImage
 from ..evaluation import figures
 from ..evaluation.alarms import metric_warnings
 from ..evaluation.evaluate import evaluate, saved_metrics
+from ..evaluation.shift import shift_sentence
 from ..explain.gradcam import GradCAM
 from ..explain.overlay import explanation_figure
 from ..inference.predictor import Predictor
@@ -185,6 +186,19 @@ def text_of(f: dict) -> dict:
             "tta": tta_sentence(f), "threshold": threshold_sentence(f), "selection": selection_sentence(f)}
 
 
+def ood_text(run: Run, metrics: dict) -> dict:
+    """The out-of-distribution guard and the shift check of these images, in words."""
+    g = run.info.get("ood") or {}
+    if g.get("status") == "fitted":
+        guard = (f"Out-of-distribution guard: {g['method']} on the model's {g.get('features', '?')} penultimate features, "
+                 f"threshold set so {g['quantile']:.0%} of {g.get('threshold_on', 'val')} images pass; predict and serve "
+                 "abstain (out_of_distribution) on images beyond it.")
+    else:
+        guard = f"No out-of-distribution guard: {g.get('reason', 'the run predates it (medclassify fit-guard RUN adds one)')}."
+    shift = metrics.get("shift")
+    return {"ood": guard, "shift": shift_sentence(shift) if shift else ""}
+
+
 def render_report(run: Run, metrics: dict, reporter: Reporter | None = None, n_wrong: int = 8) -> str:
     """The page for `metrics` (as evaluate returns them) of `run`; facts come from run.info."""
     reporter = reporter or Reporter(quiet=True)
@@ -211,7 +225,7 @@ def render_report(run: Run, metrics: dict, reporter: Reporter | None = None, n_w
         title=f"{run.path.name}: {' vs '.join(classes) if len(classes) <= 4 else f'{len(classes)} classes'}",
         subtitle=(f"{run.model_name} classifier · {split} set of {metrics['n']} images · report of "
                   f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"),
-        warnings=metrics["warnings"], text=text_of(f), binary=binary, pos=pos, neg=neg, split=split,
+        warnings=metrics["warnings"], text={**text_of(f), **ood_text(run, metrics)}, binary=binary, pos=pos, neg=neg, split=split,
         split_kind=f["split"]["kind"], n=metrics["n"], cards=_cards(metrics, binary),
         metric_rows=_metric_rows(metrics, pos, neg), ci_method=metrics.get("ci_method", "bootstrap"),
         op=operating_point_view(metrics), per_class=_per_class(metrics), curves_text=curves_text,

@@ -88,6 +88,7 @@ class ServedModel:
             run = self.predictor.run
             base.update({"name": run.path.name, "model": run.model_name, "backend": self.predictor.backend,
                          "image_size": self.predictor.prep.image_size, "abstain_below": self.predictor.abstain_below,
+                         "ood": self.predictor.guard_info(),
                          "operating_point": self.predictor.operating_point,
                          "trained_on": _folder_name(run.info.get("data", {}).get("root")), "created": run.info.get("created"),
                          "metrics": {s: _metric_summary(run.metrics(s)) for s in ("test", "val") if run.metrics(s)},
@@ -109,7 +110,7 @@ class ServedModel:
         key = (predictor.prep.image_size, predictor.prep.resize, predictor.prep.channels)
         if key not in decoded:
             decoded[key] = decode_upload(predictor, upload)
-        return predictor.wrap(str(upload.path), predictor.probabilities(decoded[key][None])[0])
+        return predictor.predict_decoded(decoded[key], str(upload.path))
 
     def predict(self, upload: Upload) -> dict[str, Any]:
         """Raises UnreadableImage when the decoder refuses the image."""
@@ -117,13 +118,16 @@ class ServedModel:
         if self.predictor is not None:
             pred = self._predict_one(self.predictor, upload, decoded)
             return {"label": pred.label, "probability": pred.probabilities[pred.label], "probabilities": pred.probabilities,
-                    "abstain": pred.abstain, "cascade_path": None}
+                    "abstain": pred.abstain, "abstain_reason": pred.abstain_reason, "ood_score": pred.ood_score,
+                    "in_distribution": pred.in_distribution, "cascade_path": None}
         res = self.cascade._result(str(upload.path), lambda stage: self._predict_one(self.cascade.predictors[stage], upload, decoded))
         last = res.steps[-1]
         return {"label": res.label, "probability": res.probability, "probabilities": last.probabilities,
-                "abstain": res.abstain,
+                "abstain": res.abstain, "abstain_reason": res.abstain_reason, "ood_score": res.ood_score,
+                "in_distribution": res.in_distribution,
                 "cascade_path": [{"stage": s.stage, "label": s.label, "probability": s.probability,
-                                  "probabilities": s.probabilities, "version": s.version} for s in res.steps]}
+                                  "probabilities": s.probabilities, "version": s.version, "ood_score": s.ood_score,
+                                  "in_distribution": s.in_distribution} for s in res.steps]}
 
     def explain_png(self, upload: Upload) -> tuple[bytes, str, float, bool]:
         """Grad-CAM of the predicted class (for a cascade: of its last stage) drawn over the uploaded image

@@ -39,6 +39,7 @@ from .imbalance import class_weights, epoch_order
 from .metrics import compute_metrics
 from .schedule import lr_multiplier
 from .tracking import Tracker, make_tracker
+from ..ood import fit_guard
 from .validation import choose_tta
 
 DEFAULT_FREEZE = 2  # stem and first stages of a pretrained backbone: 1.4x faster steps (benchmarks/accuracy.py)
@@ -681,6 +682,7 @@ def _finish_run(writer: RunWriter, config: TrainConfig, reporter: Reporter, trac
     # Decided here, once, on validation, so every later use of the run (evaluate, predict, serve) agrees;
     # the validation metrics of the chosen variant are saved as metrics/val.json.
     choose_tta(run, reporter, cache=data.cache)
+    fit_guard(run, reporter, cache=data.cache, quantile=config.ood_quantile, seed=config.seed)
     result.val_metrics = run.metrics("val")
     if tracking:
         registered = tracker.register(config.register_model) if config.register_model else None

@@ -10,7 +10,8 @@ import torch
 from ..data.cache import ImageCache
 from ..data.prepare import load_cache
 from ..data.sources import Record
-from ..engine import predict_rows, softmax
+from ..engine import has_feature_head, predict_rows, softmax
+from ..ood import load_guard
 from ..errors import DataError
 from ..reporting import Reporter
 from ..run import Run
@@ -18,8 +19,10 @@ from .metrics import compute_metrics
 
 
 def score_records(run: Run, records: list[Record], cache: ImageCache | None = None, reporter: Reporter | None = None,
-                  model: torch.nn.Module | None = None, tta: bool | None = None) -> dict:
-    """Metrics of the run on `records`; `tta` None means the run's own choice (see choose_tta)."""
+                  model: torch.nn.Module | None = None, tta: bool | None = None, features: bool = False) -> dict:
+    """Metrics of the run on `records`; `tta` None means the run's own choice (see choose_tta).
+    With the run's out-of-distribution guard, the predictions carry each image's ood_score and
+    in_distribution flag; `features` keeps the penultimate features under "_features" (not saved)."""
     reporter = reporter or Reporter(quiet=True)
     tta = run.tta if tta is None else tta
     if not records:
@@ -37,7 +40,10 @@ def score_records(run: Run, records: list[Record], cache: ImageCache | None = No
     model = model or run.build_model()
     # Probabilities as predict gives them: with the run's calibration temperature (1 until fitted).
     temperature = run.temperature
-    _, logits = predict_rows(model, cache.images, cache.rows([r.path for r in readable]), prep, tta=tta)
+    guard, _ = load_guard(run) if tta == run.tta else (None, "")
+    with_features = (features or guard is not None) and has_feature_head(model)
+    out = predict_rows(model, cache.images, cache.rows([r.path for r in readable]), prep, tta=tta, features=with_features)
+    logits = out[1]
     probs = softmax(logits, temperature)
     y = np.array([index[r.label] for r in readable])
     metrics = compute_metrics(y, probs, run.classes)
@@ -46,6 +52,11 @@ def score_records(run: Run, records: list[Record], cache: ImageCache | None = No
     metrics["tta"] = tta
     metrics["predictions"] = {"paths": [r.path for r in readable], "labels": y.tolist(),
                               "probabilities": np.round(probs, 6).tolist(), "logits": np.round(logits, 5).tolist()}
+    if guard is not None and with_features:
+        scores, inside = guard.flags(out[2])
+        metrics["predictions"].update(ood_scores=np.round(scores, 6).tolist(), in_distribution=inside.tolist())
+    if features and with_features:
+        metrics["_features"] = out[2]
     return metrics
 
 

@@ -81,11 +81,14 @@ function bars(probabilities, title) {
 function showResult(body, fileName) {
   $("result").hidden = false;
   $("file-name").textContent = fileName;
-  $("label").textContent = body.label;
-  $("confidence").textContent = pct(body.probability);
-  $("abstain").hidden = !body.abstain;
+  const foreign = body.in_distribution === false;
+  $("label").textContent = foreign ? "Not like the training images" : body.label;
+  $("confidence").textContent = foreign ? "" : pct(body.probability);
+  $("abstain").hidden = !body.abstain || foreign;
+  $("ood").hidden = !foreign;
   const barsBox = $("bars");
   barsBox.replaceChildren();
+  $("bars").hidden = foreign;
   const path = $("path");
   path.replaceChildren();
   if (body.cascade_path) {
@@ -100,6 +103,7 @@ function showResult(body, fileName) {
     path.hidden = true;
     barsBox.appendChild(bars(body.probabilities));
   }
+  if (foreign) path.hidden = true;  // no class is shown for an image unlike the training data
   $("meta").textContent = `${body.image.format} ${body.image.width}×${body.image.height} · model ${body.model.version} · ${body.timing_ms.total.toFixed(0)} ms`;
 }
 

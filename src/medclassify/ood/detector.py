@@ -1,0 +1,123 @@
+"""Feature-space out-of-distribution detectors, fitted on a run's training features.
+
+    mahalanobis  distance to the nearest class mean under one shared (Ledoit-Wolf shrunk) covariance
+                 (Lee et al. 2018), computed in the whitened space: min_k |W^T (f - c) - m_k|^2 / D
+    knn          cosine distance to the k-th nearest training image (Sun et al. 2022), on
+                 L2-normalised features
+
+Higher scores are less like the training images. The threshold is a quantile of the scores of
+held-out validation images, so that share of in-distribution images passes. Stored as plain
+tensors in safetensors (no pickle), with the method, threshold and k in its metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+METHODS = ("mahalanobis", "knn")
+KNN_K = 10
+MAX_BANK = 10000  # training images kept for kNN: scoring one image stays well under a millisecond
+
+
+@dataclass
+class Detector:
+    method: str
+    tensors: dict[str, np.ndarray]
+    threshold: float = float("inf")
+    k: int = KNN_K
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.tensors["center"].shape[0]) if self.method == "mahalanobis" else int(self.tensors["bank"].shape[1])
+
+    def _torch(self) -> dict:
+        if not hasattr(self, "_t"):
+            self._t = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in self.tensors.items()}
+        return self._t
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        # In PyTorch, on its threads: right after a forward pass, NumPy's BLAS took ~9 ms to wake its own
+        # thread pool for one image on 2 busy cores; the same product in PyTorch took ~1 ms.
+        f = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        if f.ndim != 2 or f.shape[1] != self.dim:
+            raise ValueError(f"features of shape {tuple(f.shape)} do not fit this detector ({self.dim} features)")
+        t = self._torch()
+        with torch.inference_mode():
+            if self.method == "mahalanobis":
+                g = (f - t["center"]) @ t["whiten"]
+                d = (g * g).sum(1, keepdim=True) - 2 * g @ t["means"].T + (t["means"] * t["means"]).sum(1)[None, :]
+                return (d.min(1).values.clamp_min(0) / self.dim).double().numpy()
+            sims = torch.nn.functional.normalize(f, dim=1) @ t["bank"].T
+            k = min(self.k, sims.shape[1])
+            return (1.0 - sims.topk(k, dim=1).values[:, k - 1]).double().numpy()
+
+    def flags(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, in_distribution) of a batch of features."""
+        s = self.score(features)
+        return s, s <= self.threshold
+
+
+def _normalised(f: np.ndarray) -> np.ndarray:
+    return (f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def fit_mahalanobis(features: np.ndarray, labels: np.ndarray) -> Detector:
+    from sklearn.covariance import LedoitWolf
+
+    f = np.asarray(features, dtype=np.float64)
+    classes = np.unique(labels)
+    means = np.stack([f[labels == c].mean(0) for c in classes])
+    centred = f - means[np.searchsorted(classes, labels)]
+    cov = LedoitWolf(assume_centered=True).fit(centred).covariance_
+    evals, evecs = np.linalg.eigh(cov)
+    whiten = evecs / np.sqrt(np.maximum(evals, max(float(evals.max()) * 1e-9, 1e-12)))[None, :]  # all-equal features: no NaN
+    center = f.mean(0)
+    return Detector("mahalanobis", {"center": center.astype(np.float32), "whiten": whiten.astype(np.float32),
+                                    "means": ((means - center) @ whiten).astype(np.float32)})
+
+
+def fit_knn(features: np.ndarray, k: int = KNN_K, seed: int = 0) -> Detector:
+    f = np.asarray(features, dtype=np.float32)
+    if len(f) > MAX_BANK:
+        f = f[np.sort(np.random.default_rng(seed).choice(len(f), MAX_BANK, replace=False))]
+    return Detector("knn", {"bank": _normalised(f)}, k=k)
+
+
+def fit_detector(method: str, features: np.ndarray, labels: np.ndarray, seed: int = 0) -> Detector:
+    if method not in METHODS:
+        raise ValueError(f"unknown OOD method {method!r} (one of {', '.join(METHODS)})")
+    return fit_mahalanobis(features, labels) if method == "mahalanobis" else fit_knn(features, seed=seed)
+
+
+def set_threshold(detector: Detector, held_out: np.ndarray, quantile: float) -> np.ndarray:
+    """Threshold at the `quantile` of the held-out images' scores; returns those scores."""
+    scores = detector.score(held_out)
+    detector.threshold = float(np.quantile(scores, quantile, method="higher"))
+    return scores
+
+
+def save_detector(detector: Detector, path, extra: dict[str, np.ndarray] | None = None) -> None:
+    from safetensors.numpy import save_file
+
+    from ..io import write_with
+
+    tensors = {k: np.ascontiguousarray(v) for k, v in {**detector.tensors, **(extra or {})}.items()}
+    meta = {**detector.meta, "method": detector.method, "threshold": repr(detector.threshold), "k": str(detector.k)}
+    write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def load_detector(path) -> tuple[Detector, dict[str, np.ndarray]]:
+    """(the detector, the file's other tensors, e.g. the reference features of the shift check)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    method = meta["method"]
+    own = ("center", "whiten", "means") if method == "mahalanobis" else ("bank",)
+    det = Detector(method, {k: tensors.pop(k) for k in own}, float(meta["threshold"]), int(meta.get("k", KNN_K)),
+                   {k: v for k, v in meta.items() if k not in ("method", "threshold", "k")})
+    return det, tensors

@@ -1,0 +1,159 @@
+"""A run's out-of-distribution guard: fitted on its training images' penultimate features (the one
+forward pass, engine.py, with the run's TTA choice), thresholded on its validation images, stored as
+ood.safetensors with its facts in run.json ("ood"). It holds the validation features too: the
+reference of the shift check (evaluation/shift.py).
+
+A guard belongs to one set of weights: run.json records their version and the file's SHA-256, and a
+guard that no longer matches (weights changed, file edited) is reported absent, never used."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.cache import ImageCache
+from ..data.prepare import load_cache
+from ..data.sources import Record
+from ..engine import Net, has_feature_head, predict_rows
+from ..reporting import Reporter
+from ..run import Run
+from .detector import Detector, fit_detector, load_detector, save_detector, set_threshold
+
+GUARD_FILE = "ood.safetensors"
+DEFAULT_METHOD = "mahalanobis"  # measured against knn in benchmarks/ood.py (README, "Knowing when not to answer")
+DEFAULT_QUANTILE = 0.95
+MAX_FIT_IMAGES = 20000  # training images embedded for the fit (a random subset beyond)
+MAX_REFERENCE = 1000  # held-out images kept as the shift check's reference
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_version(run_path: Path) -> str:
+    return file_hash(Path(run_path) / "model.safetensors")[:12]
+
+
+def embed(run: Run, records: list[Record], cache: ImageCache, model: torch.nn.Module | Net | None = None,
+          tta: bool | None = None, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, list[Record]]:
+    """(probabilities, features, the readable records) of `records` through the run's model."""
+    readable = [r for r in records if r.path not in cache.errors and r.path in cache.row_of]
+    if not readable:
+        return np.zeros((0, len(run.classes)), np.float32), np.zeros((0, 0), np.float32), []
+    model = model if model is not None else run.build_model()
+    p, _, f = predict_rows(model, cache.images, cache.rows([r.path for r in readable]), run.preprocessing,
+                           batch_size=batch_size, tta=run.tta if tta is None else tta, temperature=run.temperature,
+                           features=True)
+    return p, f, readable
+
+
+@dataclass
+class Guard:
+    detector: Detector
+    reference: np.ndarray | None  # held-out features, the shift check's reference
+    info: dict
+
+    @property
+    def threshold(self) -> float:
+        return self.detector.threshold
+
+    def flags(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.detector.flags(features)
+
+
+def fit_guard(run: Run, reporter: Reporter | None = None, cache: ImageCache | None = None,
+              quantile: float | None = None, method: str | None = None, seed: int = 0,
+              model: torch.nn.Module | None = None) -> dict:
+    """Fit, threshold and store the guard of `run`; returns its run.json record ("ood")."""
+    t0 = time.perf_counter()
+    reporter = reporter or Reporter(quiet=True)
+    quantile = DEFAULT_QUANTILE if quantile is None else quantile
+    method = method or DEFAULT_METHOD
+    model = model if model is not None else run.build_model()
+    if not has_feature_head(model):
+        reason = f"{run.model_name} does not expose its penultimate features"
+        run.update(ood={"status": "unavailable", "reason": reason})
+        reporter.warn(f"No out-of-distribution guard: {reason}.")
+        return run.info["ood"]
+    cache = cache or load_cache(run.records(), run.preprocessing, reporter)
+    rng = np.random.default_rng(seed)
+    train = run.records("train")
+    if len(train) > MAX_FIT_IMAGES:
+        train = [train[i] for i in np.sort(rng.choice(len(train), MAX_FIT_IMAGES, replace=False))]
+    _, f_train, train_ok = embed(run, train, cache, model)
+    if len(train_ok) < 10:
+        reason = f"only {len(train_ok)} of the run's {len(train)} training images can be read (the guard needs 10)"
+        run.update(ood={"status": "unavailable", "reason": reason})
+        reporter.warn(f"No out-of-distribution guard: {reason}.")
+        return run.info["ood"]
+    labels = np.array([run.classes.index(r.label) for r in train_ok])
+    held = run.records("val")
+    f_held = embed(run, held, cache, model)[1] if held else None
+    return store_guard(run, f_train, labels, f_held, quantile, method, seed, reporter, t0)
+
+
+def store_guard(run: Run, f_train: np.ndarray, labels: np.ndarray, f_held: np.ndarray | None, quantile: float,
+                method: str, seed: int = 0, reporter: Reporter | None = None, t0: float | None = None) -> dict:
+    """Fit the detector on training features, threshold it on the held-out (validation) features and
+    store it in the run; returns its run.json record. fit_guard computes the features."""
+    t0 = time.perf_counter() if t0 is None else t0
+    rng = np.random.default_rng(seed)
+    held_split = "val"
+    if f_held is None or len(f_held) < 20:  # no usable validation split: hold out a tenth of the training images
+        order = rng.permutation(len(f_train))
+        cut = max(1, len(order) // 10)
+        f_held, f_train, labels = f_train[order[:cut]], f_train[order[cut:]], labels[order[cut:]]
+        held_split = "train (a held-out tenth)"
+    detector = fit_detector(method, f_train, labels, seed=seed)
+    held_scores = set_threshold(detector, f_held, quantile)
+    if not np.isfinite(detector.threshold):
+        reason = "the training images' features are degenerate (the detector's threshold is not finite)"
+        run.update(ood={"status": "unavailable", "reason": reason})
+        (reporter or Reporter(quiet=True)).warn(f"No out-of-distribution guard: {reason}.")
+        return run.info["ood"]
+    reference = f_held if len(f_held) <= MAX_REFERENCE else f_held[np.sort(rng.choice(len(f_held), MAX_REFERENCE, replace=False))]
+    path = run.path / GUARD_FILE
+    save_detector(detector, path, {"reference": reference.astype(np.float32)})
+    record = {"status": "fitted", "method": detector.method, "file": GUARD_FILE, "sha256": file_hash(path),
+              "weights_version": weights_version(run.path), "tta": run.tta, "features": detector.dim,
+              "threshold": detector.threshold, "quantile": quantile, "threshold_on": held_split,
+              "train_images": int(len(f_train)), "held_out_images": int(len(f_held)),
+              "held_out_flagged": float((held_scores > detector.threshold).mean()),
+              "reference_images": int(len(reference)), "fit_s": round(time.perf_counter() - t0, 2)}
+    if method == "knn":
+        record["k"] = detector.k
+    run.update(ood=record)
+    (reporter or Reporter(quiet=True)).info(
+        f"Out-of-distribution guard ({method}, {detector.dim} features) fitted on {len(f_train)} training images; "
+        f"threshold {detector.threshold:.4g} passes {quantile:.0%} of {held_split} images ({record['fit_s']:.1f} s).")
+    return record
+
+
+def load_guard(run: Run) -> tuple[Guard | None, str]:
+    """The run's guard, or None and the reason it is absent (old run, unavailable, stale, damaged)."""
+    from safetensors import SafetensorError
+
+    rec = run.info.get("ood")
+    if not isinstance(rec, dict):
+        return None, f"the run has no out-of-distribution guard (fit one: medclassify fit-guard {run.path})"
+    if rec.get("status") != "fitted":
+        return None, str(rec.get("reason", "the guard is not fitted"))
+    path = run.path / rec.get("file", GUARD_FILE)
+    try:
+        if file_hash(path) != rec.get("sha256"):
+            return None, f"{path.name} does not match run.json (edited or damaged): fit the guard again"
+        if rec.get("weights_version") != weights_version(run.path):
+            return None, "the guard was fitted on other weights: fit the guard again"
+        detector, extra = load_detector(path)
+    except (OSError, KeyError, ValueError, SafetensorError) as e:
+        return None, f"{path.name} cannot be read ({type(e).__name__}): fit the guard again"
+    return Guard(detector, extra.get("reference"), rec), ""
