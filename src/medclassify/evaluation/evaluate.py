@@ -20,6 +20,7 @@ from .bootstrap import attach_cis
 from .intervals import proportion_cis
 from .calibration import expected_calibration_error, fit_temperature, reliability, save_temperature
 from .narrative import facts
+from .selective import run_abstain_below, selective_from_metrics
 from .threshold import check_target, choose_threshold, operating_point
 
 
@@ -162,6 +163,7 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
     add_statistics(metrics, n_boot=n_boot, seed=seed, order=order_idx)
     if wants_threshold:
         add_operating_point(run, metrics, target_sensitivity, target_specificity, n_boot, seed)
+    metrics["selective"] = selective_from_metrics(metrics, run_abstain_below(run.info), run.info.get("operating_point"))
     metrics["warnings"] = metric_warnings(metrics)  # printed by the CLI after its tables, shown atop report.html
     metrics["facts"] = facts(run.info, metrics)
     if save:

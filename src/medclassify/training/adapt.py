@@ -86,7 +86,9 @@ def target_statistics(model: nn.Module, images: np.ndarray, order: np.ndarray, p
 
     was_training = model.training
     model.eval()
-    saved = {m: (m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None, m.momentum) for m in layers}
+    # training mode moves the running statistics and the batch counter: put them back afterwards
+    saved = {m: (m.running_mean.clone(), m.running_var.clone(),
+                 m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in layers}
     handles = [m.register_forward_pre_hook(hook) for m in layers]
     try:
         for m in layers:
@@ -103,7 +105,11 @@ def target_statistics(model: nn.Module, images: np.ndarray, order: np.ndarray, p
         for h in handles:
             h.remove()
         for m in layers:
-            m.num_batches_tracked, m.momentum = saved[m]
+            mean, var, count = saved[m]
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
         model.train(was_training)
     out = {}
     for m, (s1, s2, n) in sums.items():
