@@ -119,7 +119,7 @@ def _run_cli(*args, cwd=None):
     return p.returncode, p.stdout + p.stderr
 
 
-def test_bad_input_is_one_line_and_exit_2(run_copy, new_site, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(run_copy, new_site, tmp_path, capsys):
     from medclassify.models import create_model
     from medclassify.run import save_weights
 
@@ -141,15 +141,20 @@ def test_bad_input_is_one_line_and_exit_2(run_copy, new_site, tmp_path):
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "mine.txt").write_text("not a run")
-    cases = [((run_copy, empty), "holds no image files"), ((run_copy, notes), "holds no image files"),
-             ((run_copy, tmp_path / "missing"), "does not exist"), ((run_copy, few), "needs at least"),
-             ((new_site, new_site), "not a medclassify run"), ((no_bn, new_site), "no BatchNorm layer"),
-             ((run_copy, new_site, "--guard", "magic"), "Unknown --guard"),
-             ((run_copy, new_site, "--overwrite"), "medclassify did not write")]
+    # through the real console script (a subprocess): one case of each kind
+    cases = [((run_copy, empty), "holds no image files"), ((new_site, new_site), "not a medclassify run"),
+             ((no_bn, new_site), "no BatchNorm layer"), ((run_copy, new_site, "--overwrite"), "medclassify did not write")]
     for args, expected in cases:
         out = taken if args[-1] == "--overwrite" else tmp_path / "out"
         code, text = _run_cli(*args, "--out", out)
         assert code == 2, (args, text)
         assert text.startswith("error: ") and len(text.strip().splitlines()) == 1 and expected in text, (args, text)
-        assert "Traceback" not in text
+    # the others through the same entry point, in this process
+    from medclassify.cli import main
+
+    for args, expected in [((run_copy, notes), "holds no image files"), ((run_copy, tmp_path / "missing"), "does not exist"),
+                           ((run_copy, few), "needs at least"), ((run_copy, new_site, "--guard", "magic"), "Unknown --guard")]:
+        assert main(["adapt", *map(str, args), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and expected in err, (args, err)
     assert not (tmp_path / "out").exists() and (taken / "mine.txt").is_file()
