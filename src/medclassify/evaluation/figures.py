@@ -156,14 +156,15 @@ def selective_curve(sel: dict) -> bytes:
         ax.plot(curve["coverage"], curve["accuracy"], color=PALETTE[i], label=names.get(key, key))
     op = sel["operating_point"]
     if op["accuracy"] is not None:
-        label = (f"run's thresholds: {op['coverage']:.0%} kept" if sel["abstain_below"] is None else
-                 f"abstain below {sel['abstain_below']:.2f}: {op['coverage']:.0%} kept")
+        rules = ([f"abstain below {sel['abstain_below']:.2f}"] if sel["abstain_below"] is not None else []) + \
+            (["OOD flag"] if "out_of_distribution" in op["referred_by"] else [])
+        label = f"run's thresholds ({', '.join(rules) or 'none'}): {op['coverage']:.0%} answered"
         ax.plot(op["coverage"], op["accuracy"], "k*", ms=12, label=label)
     if sel["accuracy_all"] is not None:
         ax.axhline(sel["accuracy_all"], color="grey", ls=":", lw=1, label="every image answered")
     ax.set(title="Accuracy of the images the model answers", xlabel="coverage (share of images answered)",
            ylabel="accuracy on the answered images", xlim=(0, 1.01))
     ax.invert_xaxis()  # read left to right: more and more images referred
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     return png(fig)

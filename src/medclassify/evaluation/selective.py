@@ -92,6 +92,7 @@ def sentence(sel: dict) -> str:
         why.append("unlike the training images")
     if not op["referred"]:
         return base + f" No image is referred at the run's thresholds ({' or '.join(why)})."
-    acc = "no image is left" if op["accuracy"] is None else f"accuracy on the rest is {100 * op['accuracy']:.1f}%"
-    return (base + f" Referring the {op['referred']} of {n} images ({100 * (1 - op['coverage']):.1f}%) the run flags "
-            f"({' or '.join(why)}) keeps {100 * op['coverage']:.1f}% of them, and {acc}.")
+    rest = ("no image is left to answer" if op["accuracy"] is None else
+            f"on the {100 * op['coverage']:.1f}% it answers, it is right on {100 * op['accuracy']:.1f}%")
+    return (base + f" The run's thresholds refer {op['referred']} of {n} images ({100 * (1 - op['coverage']):.1f}%: "
+            f"{' or '.join(why)}); {rest}.")
