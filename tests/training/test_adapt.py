@@ -158,3 +158,15 @@ def test_bad_input_is_one_line_and_exit_2(run_copy, new_site, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and expected in err, (args, err)
     assert not (tmp_path / "out").exists() and (taken / "mine.txt").is_file()
+
+
+def test_adapted_run_evaluates_with_the_source_temperature(run_copy, new_site, tmp_path):
+    from medclassify.evaluation.evaluate import evaluate
+
+    load_run(run_copy).update(calibration={"temperature": 1.7, "fitted_on": "val", "n": 80})
+    out = adapt_run(run_copy, new_site, tmp_path / "adapted", guard="none").run_dir
+    metrics = evaluate(out, n_boot=100)
+    run = load_run(out)
+    assert run.temperature == 1.7 and run.info["calibration"]["fitted_on"] == "val, before adaptation"
+    assert metrics["temperature"] == 1.7 and run.info["adaptation"]["guard"] == "none"
+    assert (out / "metrics" / "test.json").is_file() and "selective" in metrics

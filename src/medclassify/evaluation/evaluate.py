@@ -48,6 +48,9 @@ def validation_logits(run: Run, reporter: Reporter | None = None) -> tuple[np.nd
 
 def calibrate(run: Run, reporter: Reporter | None = None) -> dict | None:
     """Fit temperature scaling on the validation logits and store it in run.json."""
+    if run.record.adaptation is not None and run.record.calibration is not None:
+        # the source's temperature: its validation images are not the site the statistics were adapted to
+        return run.info["calibration"]
     val = validation_logits(run, reporter)
     reason = None
     if val is None:

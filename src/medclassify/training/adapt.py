@@ -233,7 +233,11 @@ def adapt_run(run: Run | str | Path, images: str | Path, out: str | Path, guard:
         write_csv(tmp / "adaptation.csv", ["path", "used", "reason"],
                   [(p, "yes", "") for p in readable] + [(p, "no", r) for p, r in sorted(unreadable.items())])
         # The source's MLflow run and its export records describe the source weights, not these.
-        load_run(tmp).update(adaptation=record, tracking=None, exports=None)
+        adapted = load_run(tmp)
+        calibration = adapted.info.get("calibration")
+        if calibration:  # kept: there are no labels at the new site to fit another on (evaluate keeps it too)
+            calibration = {**calibration, "fitted_on": "val, before adaptation"}
+        adapted.update(adaptation=record, tracking=None, exports=None, calibration=calibration)
 
     return AdaptResult(out, len(readable), len(unreadable), record)
 
