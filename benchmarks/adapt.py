@@ -31,8 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 DATASETS = ["chest_xray", "alzheimer_mri", "brain_tumor_mri"]
-VARIANTS = {"plain AdaBN": ("none", 1.0), "reweight": ("reweight", 1.0), "alpha 0.5": ("none", 0.5),
-            "reweight, alpha 0.5": ("reweight", 0.5)}
+VARIANTS = {"plain AdaBN": ("none", 1.0), "reweight": ("reweight", 1.0), "alpha 0.5": ("none", 0.5)}
 
 
 def halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,10 +60,14 @@ def scores(y: np.ndarray, pred: np.ndarray) -> dict:
     return {"accuracy": round(float((pred == y).mean()), 4), "balanced_accuracy": round(float(balanced_accuracy_score(y, pred)), 4)}
 
 
-def predictions(model, pixels: np.ndarray, prep, tta: bool) -> np.ndarray:
+def probabilities(model, pixels: np.ndarray, prep, tta: bool) -> np.ndarray:
     from medclassify.engine import forward_images
 
-    return forward_images(model, pixels, prep, tta=tta)[0].argmax(1)
+    return forward_images(model, pixels, prep, tta=tta)[0]
+
+
+def predictions(model, pixels: np.ndarray, prep, tta: bool) -> np.ndarray:
+    return probabilities(model, pixels, prep, tta).argmax(1)
 
 
 def link_folder(folder: Path, paths: list[str]) -> Path:
@@ -94,7 +97,8 @@ def bench_run(run_path: Path, args) -> dict:
     y = np.array([index[r.label] for r in records])
     pixels = np.asarray(cache.images[cache.rows(paths)])
     model = run.build_model()
-    source_pred = predictions(model, pixels, prep, run.tta)
+    source_probs = probabilities(model, pixels, prep, run.tta)
+    source_pred = source_probs.argmax(1)
     a, b = halves(y, args.seed)
     out = {"dataset": name, "run": str(run_path), "model": run.model_name, "test_images": len(y),
            "halves": {"A": len(a), "B": len(b)}, "tta": run.tta, "rows": []}
@@ -124,7 +128,8 @@ def bench_run(run_path: Path, args) -> dict:
                        "source": scores(y[score_on], source_pred[score_on])}
                 for variant, (guard, alpha) in VARIANTS.items():
                     m = copy.deepcopy(model)
-                    adapt_batchnorm(m, pixels[adapt_on], prep, shares, guard=guard, alpha=alpha, seed=args.seed)
+                    adapt_batchnorm(m, pixels[adapt_on], prep, shares, guard=guard, alpha=alpha, seed=args.seed,
+                                    probs=None if run.tta else source_probs[adapt_on])
                     row[variant] = scores(y[score_on], predictions(m, pixels[score_on], prep, run.tta))
                 compare.append(row)
                 print(json.dumps(row), flush=True)

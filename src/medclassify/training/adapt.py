@@ -120,9 +120,11 @@ def target_statistics(model: nn.Module, images: np.ndarray, order: np.ndarray, p
 
 
 def adapt_batchnorm(model: nn.Module, images: np.ndarray, prep: Preprocessing, train_shares: np.ndarray | None,
-                    guard: Guard = "reweight", alpha: float = 1.0, batch_size: int = 32, seed: int = 0) -> dict:
+                    guard: Guard = "reweight", alpha: float = 1.0, batch_size: int = 32, seed: int = 0,
+                    probs: np.ndarray | None = None) -> dict:
     """Re-estimate the BatchNorm statistics of `model` (in place) on `images`, (N, H, W, C) uint8 at
-    the run's size. Returns what was done, for the run record."""
+    the run's size. `probs`: the unadapted model's probabilities of the images when already known
+    (the guard computes them otherwise). Returns what was done, for the run record."""
     if guard not in GUARDS:
         raise ValueError(f"guard must be one of {GUARDS}, got {guard!r}")
     if not 0 <= alpha <= 1:
@@ -134,7 +136,8 @@ def adapt_batchnorm(model: nn.Module, images: np.ndarray, prep: Preprocessing, t
     if guard == "reweight":
         if train_shares is None:
             raise ValueError("the reweight guard needs the training class shares")
-        probs, _ = forward_images(model.eval(), images, prep, batch_size=batch_size)
+        if probs is None:
+            probs, _ = forward_images(model.eval(), images, prep, batch_size=batch_size)
         weights = class_weights(probs, np.asarray(train_shares, dtype=np.float64))
         k = probs.shape[1]
         info["predicted_shares"] = np.round(np.bincount(probs.argmax(1), minlength=k) / n, 4).tolist()
