@@ -81,10 +81,40 @@ def link_folder(folder: Path, paths: list[str]) -> Path:
     return folder
 
 
+def stats_by_name(model, pixels: np.ndarray, order: np.ndarray, prep) -> dict:
+    from medclassify.training.adapt import target_statistics
+
+    names = {m: n for n, m in model.named_modules()}
+    return {names[m]: v for m, v in target_statistics(model, pixels, order, prep).items()}
+
+
+def with_stats(model, stats: dict, alpha: float):
+    from medclassify.training.adapt import apply_statistics
+
+    m = copy.deepcopy(model)
+    modules = dict(m.named_modules())
+    apply_statistics({modules[k]: v for k, v in stats.items()}, alpha)
+    return m
+
+
+def adapted_run(run, paths: list[str], name: str, side: str, args) -> Path:
+    """The real verb on the half's images; an earlier result with the same settings is reused (--reuse)."""
+    from medclassify.training.adapt import adapt_run
+
+    out = Path(args.runs_dir) / f"{name}-adapted-on-{side}"
+    if args.reuse and (out / "run.json").is_file():
+        a = json.loads((out / "run.json").read_text()).get("adaptation", {})
+        if (a.get("guard"), a.get("alpha"), a.get("seed"), a.get("images"), a.get("source_run")) == \
+                (args.guard, args.alpha, args.seed, len(paths), str(Path(run.path).resolve())):
+            return out
+    folder = link_folder(Path(args.runs_dir) / "images" / f"{name}-half{side}", paths)
+    return adapt_run(run, folder, out, guard=args.guard, alpha=args.alpha, overwrite=True, seed=args.seed).run_dir
+
+
 def bench_run(run_path: Path, args) -> dict:
     from medclassify.data.cache import build_cache
     from medclassify.run import load_run
-    from medclassify.training.adapt import adapt_batchnorm, adapt_run, train_shares
+    from medclassify.training.adapt import class_weights, resample, train_shares
 
     run = load_run(run_path)
     name = Path(run.info["data"]["root"]).name
@@ -102,23 +132,24 @@ def bench_run(run_path: Path, args) -> dict:
     a, b = halves(y, args.seed)
     out = {"dataset": name, "run": str(run_path), "model": run.model_name, "test_images": len(y),
            "halves": {"A": len(a), "B": len(b)}, "tta": run.tta, "rows": []}
+    headline = {}
     for adapt_on, score_on, label in ((a, b, ("A", "B")), (b, a, ("B", "A"))):
         t0 = time.perf_counter()
-        folder = link_folder(Path(args.runs_dir) / "images" / f"{name}-half{label[0]}", [paths[i] for i in adapt_on])
-        result = adapt_run(run, folder, Path(args.runs_dir) / f"{name}-adapted-on-{label[0]}", guard=args.guard,
-                           alpha=args.alpha, overwrite=True, seed=args.seed)
-        adapted = load_run(result.run_dir).build_model()
-        after = scores(y[score_on], predictions(adapted, pixels[score_on], prep, run.tta))
+        run_dir = adapted_run(run, [paths[i] for i in adapt_on], name, label[0], args)
+        after = scores(y[score_on], predictions(load_run(run_dir).build_model(), pixels[score_on], prep, run.tta))
         before = scores(y[score_on], source_pred[score_on])
+        headline[label[0]] = after
         out["rows"].append({"adapted_on": label[0], "scored_on": label[1], "n": len(score_on),
                             "accuracy": {"source": before["accuracy"], "adapted": after["accuracy"]},
                             "balanced_accuracy": {"source": before["balanced_accuracy"], "adapted": after["balanced_accuracy"]},
                             "delta_accuracy_points": round(100 * (after["accuracy"] - before["accuracy"]), 2),
-                            "shift_detected": None, "adapted_run": str(result.run_dir),
+                            "shift_detected": None, "adapted_run": str(run_dir),
                             "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(out["rows"][-1]), flush=True)
     if args.compare:
         shares = train_shares(run)
         compare = []
+        rng = np.random.default_rng(args.seed)
         for setting, sets in (("natural halves", ((a, b, "A->B"), (b, a, "B->A"))),
                               ("skewed adaptation set", ((skewed(a, y, args.seed), b, "A'->B"), (skewed(b, y, args.seed), a, "B'->A")))):
             for adapt_on, score_on, direction in sets:
@@ -126,11 +157,16 @@ def bench_run(run_path: Path, args) -> dict:
                 row = {"setting": setting, "direction": direction, "adaptation_images": len(adapt_on),
                        "adaptation_class_mix": np.round(mix, 3).tolist(),
                        "source": scores(y[score_on], source_pred[score_on])}
-                for variant, (guard, alpha) in VARIANTS.items():
-                    m = copy.deepcopy(model)
-                    adapt_batchnorm(m, pixels[adapt_on], prep, shares, guard=guard, alpha=alpha, seed=args.seed,
-                                    probs=None if run.tta else source_probs[adapt_on])
-                    row[variant] = scores(y[score_on], predictions(m, pixels[score_on], prep, run.tta))
+                target = pixels[adapt_on]
+                plain = stats_by_name(model, target, rng.permutation(len(adapt_on)), prep)
+                row["plain AdaBN"] = scores(y[score_on], predictions(with_stats(model, plain, 1.0), pixels[score_on], prep, run.tta))
+                row["alpha 0.5"] = scores(y[score_on], predictions(with_stats(model, plain, 0.5), pixels[score_on], prep, run.tta))
+                if setting == "natural halves" and args.guard == "reweight" and args.alpha == 1.0:
+                    row["reweight"] = headline[direction[0]]  # the adapted run above: the same computation
+                else:
+                    w = class_weights(source_probs[adapt_on], shares)
+                    guarded = stats_by_name(model, target, resample(w, args.seed), prep)
+                    row["reweight"] = scores(y[score_on], predictions(with_stats(model, guarded, 1.0), pixels[score_on], prep, run.tta))
                 compare.append(row)
                 print(json.dumps(row), flush=True)
         out["compare"] = compare
@@ -159,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", action="store_true", help="Also compare plain AdaBN, the guard and alpha (in memory).")
+    p.add_argument("--reuse", action="store_true", help="Reuse adapted runs under --runs-dir made with the same settings.")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adapt.json")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))

@@ -129,9 +129,8 @@ def adapt_batchnorm(model: nn.Module, images: np.ndarray, prep: Preprocessing, t
         raise ValueError(f"guard must be one of {GUARDS}, got {guard!r}")
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
-    layers = batchnorm_layers(model)
     n = len(images)
-    info: dict = {"bn_layers": len(layers)}
+    info: dict = {"bn_layers": len(batchnorm_layers(model))}
     weights = np.ones(n)
     if guard == "reweight":
         if train_shares is None:
@@ -143,12 +142,15 @@ def adapt_batchnorm(model: nn.Module, images: np.ndarray, prep: Preprocessing, t
         info["predicted_shares"] = np.round(np.bincount(probs.argmax(1), minlength=k) / n, 4).tolist()
         info["weight_range"] = [round(float(weights.min()), 4), round(float(weights.max()), 4)]
     order = resample(weights, seed) if guard == "reweight" else np.random.default_rng(seed).permutation(n)
-    stats = target_statistics(model, images, order, prep, batch_size)
-    for m in layers:
-        mean, var = stats[m]
+    apply_statistics(target_statistics(model, images, order, prep, batch_size), alpha)
+    return info
+
+
+def apply_statistics(stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]], alpha: float = 1.0) -> None:
+    """Set each layer's running statistics to (1 - alpha) x its own + alpha x the target's."""
+    for m, (mean, var) in stats.items():
         m.running_mean.copy_(((1 - alpha) * m.running_mean.double() + alpha * mean).to(m.running_mean.dtype))
         m.running_var.copy_(((1 - alpha) * m.running_var.double() + alpha * var).to(m.running_var.dtype))
-    return info
 
 
 def train_shares(run: Run) -> np.ndarray:
