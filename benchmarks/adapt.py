@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", action="store_true", help="Also compare plain AdaBN, the guard and alpha (in memory).")
     p.add_argument("--reuse", action="store_true", help="Reuse adapted runs under --runs-dir made with the same settings.")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adapt.json")
+    p.add_argument("--merge", action="store_true", help="Keep the other datasets' entries already in --out.")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     from medclassify.io import write_json
@@ -215,10 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print("nothing measured (no run of a shared dataset present)")
         return 0
+    commands = ["python benchmarks/adapt.py " + " ".join(sys.argv[1:] if argv is None else argv)]
+    if args.merge and args.out.is_file():
+        before = json.loads(args.out.read_text())
+        measured = {r["dataset"] for r in results}
+        results = [r for r in before.get("results", []) if r["dataset"] not in measured] + results
+        commands = before.get("commands", []) + commands
     print(table(results))
     drops = [(r["dataset"], row["adapted_on"], row["delta_accuracy_points"]) for r in results for row in r["rows"]
              if row["delta_accuracy_points"] < -1]
-    write_json(args.out, {"benchmark": "adapt", "command": "python benchmarks/adapt.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    write_json(args.out, {"benchmark": "adapt", "commands": commands,
                           "method": {"guard": args.guard, "alpha": args.alpha, "seed": args.seed},
                           "halves": "official test split, each class shuffled (seed) and cut in two; labels only make the "
                                     "halves alike and score them, adaptation never reads them",
