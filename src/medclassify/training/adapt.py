@@ -222,7 +222,9 @@ def adapt_run(run: Run | str | Path, images: str | Path, out: str | Path, guard:
     if unreadable:
         reporter.warn(f"{len(unreadable)} unreadable image(s) left out of the adaptation (first: "
                       f"{next(iter(unreadable))}: {next(iter(unreadable.values()))}); listed in {out / 'adaptation.csv'}.")
-    pixels = np.asarray(cache.images[cache.rows(readable)])
+    rows = cache.rows(readable)
+    # every file readable: the memory-mapped cache itself, read batch by batch, never all in memory
+    pixels = cache.images if np.array_equal(rows, np.arange(len(cache.images))) else cache.images[rows]
     info = adapt_batchnorm(model, pixels, prep, train_shares(run), guard=guard, alpha=alpha, batch_size=batch_size, seed=seed)
     record = {"method": "adabn", "guard": guard, "alpha": alpha, "batch_size": batch_size, "seed": seed,
               "source_run": str(resolved(run.path)), "source_weights": _sha12(run.path / "model.safetensors"),
