@@ -111,6 +111,34 @@ def adapted_run(run, paths: list[str], name: str, side: str, args) -> Path:
     return adapt_run(run, folder, out, guard=args.guard, alpha=args.alpha, overwrite=True, seed=args.seed).run_dir
 
 
+def same_site_rows(run, model, args) -> list[dict]:
+    """The no-shift case: the run's own validation split (drawn from the training images) halved the
+    same way, adapted on one half with the chosen settings and scored on the other (in memory)."""
+    from medclassify.data.cache import build_cache
+    from medclassify.training.adapt import adapt_batchnorm, train_shares
+
+    records = run.records("val")
+    prep = run.preprocessing
+    cache = build_cache(sorted(r.path for r in records), prep.image_size, prep.resize, prep.channels)
+    records = [r for r in records if r.path not in cache.errors]
+    index = {c: i for i, c in enumerate(run.classes)}
+    y = np.array([index[r.label] for r in records])
+    pixels = np.asarray(cache.images[cache.rows([r.path for r in records])])
+    source_pred = predictions(model, pixels, prep, run.tta)
+    a, b = halves(y, args.seed)
+    rows = []
+    for adapt_on, score_on, label in ((a, b, ("A", "B")), (b, a, ("B", "A"))):
+        m = copy.deepcopy(model)
+        adapt_batchnorm(m, pixels[adapt_on], prep, train_shares(run), guard=args.guard, alpha=args.alpha, seed=args.seed)
+        after, before = scores(y[score_on], predictions(m, pixels[score_on], prep, run.tta)), scores(y[score_on], source_pred[score_on])
+        rows.append({"split": "val", "adapted_on": label[0], "scored_on": label[1], "n": len(score_on),
+                     "accuracy": {"source": before["accuracy"], "adapted": after["accuracy"]},
+                     "balanced_accuracy": {"source": before["balanced_accuracy"], "adapted": after["balanced_accuracy"]},
+                     "delta_accuracy_points": round(100 * (after["accuracy"] - before["accuracy"]), 2), "shift_detected": None})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def bench_run(run_path: Path, args) -> dict:
     from medclassify.data.cache import build_cache
     from medclassify.run import load_run
@@ -146,6 +174,8 @@ def bench_run(run_path: Path, args) -> dict:
                             "shift_detected": None, "adapted_run": str(run_dir),
                             "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(out["rows"][-1]), flush=True)
+    if args.val:
+        out["val_rows"] = same_site_rows(run, model, args)
     if args.compare:
         shares = train_shares(run)
         compare = []
@@ -180,6 +210,10 @@ def table(results: list[dict]) -> str:
             lines.append(f"{r['dataset']:16s} {row['adapted_on'] + '->' + row['scored_on']:12s} {row['n']:5d} "
                          f"{100 * row['accuracy']['source']:7.1f}% {100 * row['accuracy']['adapted']:8.1f}% "
                          f"{100 * row['balanced_accuracy']['source']:7.1f}% {100 * row['balanced_accuracy']['adapted']:8.1f}%")
+        for row in r.get("val_rows", []):
+            lines.append(f"{r['dataset']:16s} val {row['adapted_on'] + '->' + row['scored_on']:8s} {row['n']:5d} "
+                         f"{100 * row['accuracy']['source']:7.1f}% {100 * row['accuracy']['adapted']:8.1f}% "
+                         f"{100 * row['balanced_accuracy']['source']:7.1f}% {100 * row['balanced_accuracy']['adapted']:8.1f}%")
         for row in r.get("compare", []):
             cells = " ".join(f"{k} {100 * row[k]['accuracy']:.1f}/{100 * row[k]['balanced_accuracy']:.1f}"
                              for k in ["source", *VARIANTS])
@@ -197,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", action="store_true", help="Also compare plain AdaBN, the guard and alpha (in memory).")
     p.add_argument("--reuse", action="store_true", help="Reuse adapted runs under --runs-dir made with the same settings.")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adapt.json")
+    p.add_argument("--val", action="store_true", help="Also the no-shift case: the run's validation split halved, "
+                                                        "adapted on one half and scored on the other.")
     p.add_argument("--merge", action="store_true", help="Keep the other datasets' entries already in --out.")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
@@ -223,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         results = [r for r in before.get("results", []) if r["dataset"] not in measured] + results
         commands = before.get("commands", []) + commands
     print(table(results))
-    drops = [(r["dataset"], row["adapted_on"], row["delta_accuracy_points"]) for r in results for row in r["rows"]
-             if row["delta_accuracy_points"] < -1]
+    drops = [(r["dataset"], row.get("split", "test"), row["adapted_on"], row["delta_accuracy_points"]) for r in results
+             for row in r["rows"] + r.get("val_rows", []) if row["delta_accuracy_points"] < -1]
     write_json(args.out, {"benchmark": "adapt", "commands": commands,
                           "method": {"guard": args.guard, "alpha": args.alpha, "seed": args.seed},
                           "halves": "official test split, each class shuffled (seed) and cut in two; labels only make the "
