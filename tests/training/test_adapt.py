@@ -170,3 +170,6 @@ def test_adapted_run_evaluates_with_the_source_temperature(run_copy, new_site, t
     assert run.temperature == 1.7 and run.info["calibration"]["fitted_on"] == "val, before adaptation"
     assert metrics["temperature"] == 1.7 and run.info["adaptation"]["guard"] == "none"
     assert (out / "metrics" / "test.json").is_file() and "selective" in metrics
+    from medclassify.reports.report import _configuration
+
+    assert "re-estimated without labels" in dict(_configuration(run))["adapted"]

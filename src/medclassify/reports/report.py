@@ -169,6 +169,11 @@ def _configuration(run: Run) -> list[tuple[str, str]]:
                           f"augmentation {c.get('augment')}, imbalance {c.get('imbalance')}, seed {c.get('seed')}"),
              ("data", c.get("data")), ("created", run.info.get("created")), ("run directory", str(run.path)),
              ("medclassify", run.info.get("medclassify_version"))]
+    a = run.info.get("adaptation")
+    if a:  # `medclassify adapt`: the same weights, other BatchNorm statistics
+        items.append(("adapted", f"BatchNorm statistics re-estimated without labels on {a.get('images')} images of "
+                                 f"{a.get('images_folder')} (guard {a.get('guard')}, alpha {a.get('alpha')}); source run "
+                                 f"{a.get('source_run')}"))
     return [(k, str(v)) for k, v in items]
 
 
