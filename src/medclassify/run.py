@@ -64,6 +64,18 @@ class OODRecord(_Open):
     quantile: float | None = Field(None, gt=0, lt=1)
 
 
+class AdaptationRecord(_Open):
+    """What `medclassify adapt` re-estimated the BatchNorm statistics on (training/adapt.py)."""
+
+    method: str
+    source_run: str
+    images_folder: str
+    images: int = Field(ge=1)
+    fingerprint: str
+    guard: str
+    alpha: float = Field(ge=0, le=1)
+
+
 class RunRecord(_Open):
     """run.json, validated once when a run is loaded. Only what later commands rely on is typed;
     everything else (data summary, audit, timings, ...) passes through untouched."""
@@ -76,6 +88,7 @@ class RunRecord(_Open):
     operating_point: OperatingPointRecord | None = None
     tta: TTARecord | None = None
     ood: OODRecord | None = None
+    adaptation: AdaptationRecord | None = None
 
     @field_validator("classes")
     @classmethod

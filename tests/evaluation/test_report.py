@@ -96,3 +96,15 @@ def test_threshold_that_does_not_carry_over_is_flagged():
     assert "does not carry over" in shifted and "specificity 90.0% on validation but 39.0%" in shifted
     assert "60.0% of these test images are PNEUMONIA" in shifted
     assert "does not carry over" not in _operating_point(op(0.42, 0.39, [0.33, 0.45]))
+
+
+def test_report_shows_the_coverage_accuracy_curve(report):
+    run, path = report
+    page = path.read_text()
+    metrics = json.loads((run / "metrics" / "test.json").read_text())
+    sel = metrics["selective"]
+    assert sel["curves"]["confidence"]["coverage"][-1] == 1.0
+    assert sel["curves"]["confidence"]["accuracy"][-1] == pytest.approx(metrics["accuracy"], abs=1e-4)
+    assert sel["abstain_below"] == 0.6 and sel["operating_point"]["kept"] + sel["operating_point"]["referred"] == metrics["n"]
+    assert 'id="selective"' in page and 'alt="coverage-accuracy curve"' in page
+    assert f"right on {100 * metrics['accuracy']:.1f}% of them" in page

@@ -21,6 +21,7 @@ from .intervals import proportion_cis
 from .calibration import expected_calibration_error, fit_temperature, reliability, save_temperature
 from .narrative import facts
 from .shift import shift_check
+from .selective import run_abstain_below, selective_from_metrics
 from .threshold import check_target, choose_threshold, operating_point
 
 
@@ -48,6 +49,9 @@ def validation_logits(run: Run, reporter: Reporter | None = None) -> tuple[np.nd
 
 def calibrate(run: Run, reporter: Reporter | None = None) -> dict | None:
     """Fit temperature scaling on the validation logits and store it in run.json."""
+    if run.record.adaptation is not None and run.record.calibration is not None:
+        # the source's temperature: its validation images are not the site the statistics were adapted to
+        return run.info["calibration"]
     val = validation_logits(run, reporter)
     reason = None
     if val is None:
@@ -166,6 +170,7 @@ def evaluate(run: Run | str | Path, split: str = "test", data: str | Path | None
     add_statistics(metrics, n_boot=n_boot, seed=seed, order=order_idx)
     if wants_threshold:
         add_operating_point(run, metrics, target_sensitivity, target_specificity, n_boot, seed)
+    metrics["selective"] = selective_from_metrics(metrics, run_abstain_below(run.info), run.info.get("operating_point"))
     metrics["warnings"] = metric_warnings(metrics)  # printed by the CLI after its tables, shown atop report.html
     metrics["facts"] = facts(run.info, metrics)
     if save:

@@ -144,3 +144,27 @@ def reliability_diagram(rel: dict) -> bytes:
            ylabel="fraction correct", xlim=(low, 1), ylim=(0, 1.05))
     ax.legend(fontsize=8, loc="upper left")
     return png(fig)
+
+
+def selective_curve(sel: dict) -> bytes:
+    """Accuracy of the kept images against the share kept, as the least confident (and, with an OOD
+    score, the most out-of-distribution) images are referred; the star is the run's operating point."""
+    fig = _figure(4.8, 3.8)
+    ax = fig.subplots()
+    names = {"confidence": "refer the least confident first", "ood": "refer the most out-of-distribution first"}
+    for i, (key, curve) in enumerate(sel["curves"].items()):
+        ax.plot(curve["coverage"], curve["accuracy"], color=PALETTE[i], label=names.get(key, key))
+    op = sel["operating_point"]
+    if op["accuracy"] is not None:
+        rules = ([f"abstain below {sel['abstain_below']:.2f}"] if sel["abstain_below"] is not None else []) + \
+            (["OOD flag"] if "out_of_distribution" in op["referred_by"] else [])
+        label = f"run's thresholds ({', '.join(rules) or 'none'}): {op['coverage']:.0%} answered"
+        ax.plot(op["coverage"], op["accuracy"], "k*", ms=12, label=label)
+    if sel["accuracy_all"] is not None:
+        ax.axhline(sel["accuracy_all"], color="grey", ls=":", lw=1, label="every image answered")
+    ax.set(title="Accuracy of the images the model answers", xlabel="coverage (share of images answered)",
+           ylabel="accuracy on the answered images", xlim=(0, 1.01))
+    ax.invert_xaxis()  # read left to right: more and more images referred
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    return png(fig)

@@ -24,6 +24,8 @@ from ..evaluation import figures
 from ..evaluation.alarms import metric_warnings
 from ..evaluation.evaluate import evaluate, saved_metrics
 from ..evaluation.shift import shift_sentence
+from ..evaluation.selective import run_abstain_below, selective_from_metrics
+from ..evaluation.selective import sentence as selective_sentence
 from ..explain.gradcam import GradCAM
 from ..explain.overlay import explanation_figure
 from ..inference.predictor import Predictor
@@ -168,6 +170,11 @@ def _configuration(run: Run) -> list[tuple[str, str]]:
                           f"augmentation {c.get('augment')}, imbalance {c.get('imbalance')}, seed {c.get('seed')}"),
              ("data", c.get("data")), ("created", run.info.get("created")), ("run directory", str(run.path)),
              ("medclassify", run.info.get("medclassify_version"))]
+    a = run.info.get("adaptation")
+    if a:  # `medclassify adapt`: the same weights, other BatchNorm statistics
+        items.append(("adapted", f"BatchNorm statistics re-estimated without labels on {a.get('images')} images of "
+                                 f"{a.get('images_folder')} (guard {a.get('guard')}, alpha {a.get('alpha')}); source run "
+                                 f"{a.get('source_run')}"))
     return [(k, str(v)) for k, v in items]
 
 
@@ -220,6 +227,7 @@ def render_report(run: Run, metrics: dict, reporter: Reporter | None = None, n_w
                    "One curve per class (that class against all others). ROC: closer to the top-left is better. "
                    "Precision-recall: the dotted line is the class's share of the images, the level of guessing.")
     fitted = f["calibration"]["fitted"]
+    sel = metrics.get("selective") or selective_from_metrics(metrics, run_abstain_below(run.info), run.info.get("operating_point"))
     return pages.render(
         "report.html",
         title=f"{run.path.name}: {' vs '.join(classes) if len(classes) <= 4 else f'{len(classes)} classes'}",
@@ -231,7 +239,8 @@ def render_report(run: Run, metrics: dict, reporter: Reporter | None = None, n_w
         op=operating_point_view(metrics), per_class=_per_class(metrics), curves_text=curves_text,
         fig={"confusion": figures.confusion_matrices(metrics["confusion_matrix"], classes),
              "roc": figures.roc_curves(y, probs, classes, op), "pr": figures.pr_curves(y, probs, classes),
-             "reliability": figures.reliability_diagram(metrics["reliability"])},
+             "reliability": figures.reliability_diagram(metrics["reliability"]), "selective": figures.selective_curve(sel)},
+        selective_text=selective_sentence(sel), selective_ood="ood" in sel["curves"],
         ece=metrics["ece"], ece_uncalibrated=metrics.get("ece_uncalibrated"), calibration=f["calibration"],
         calibration_worse=fitted and metrics.get("ece_uncalibrated") is not None and metrics["ece"] > metrics["ece_uncalibrated"],
         n_errors=int((probs.argmax(1) != y).sum()), wrong=_wrong_images(run, metrics, n_wrong, reporter) if n_wrong else [],

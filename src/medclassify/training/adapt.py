@@ -1,0 +1,266 @@
+"""Adapting a trained run to a new site's unlabelled images: the BatchNorm statistics re-estimated on
+them (AdaBN, Li et al. 2016), everything else of the model left as trained.
+
+Plain AdaBN takes the new images' feature statistics as they come, so the new site's class mix
+leaks into the normalisation: when 80% of its images are one class, the statistics move towards
+that class and the model drifts away from it. The guard (`reweight`) makes the images count so that
+the mix of classes the source model predicts for them matches the training split's class shares
+before the statistics are pooled; `alpha` interpolates the source and target statistics (1 = the
+target's alone). Labels are never read: the folder is listed as plain image files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..data.cache import build_cache, files_key
+from ..data.listing import list_image_files
+from ..data.preprocessing import Preprocessing
+from ..engine import forward_images
+from ..errors import DataError, RunError
+from ..ood import fit_guard
+from ..io import OutputError, atomic_dir, check_replaceable_dir, resolved, write_bytes, write_csv
+from ..reporting import Reporter
+from ..run import Run, load_run, save_weights
+
+Guard = Literal["reweight", "none"]
+GUARDS: tuple[str, ...] = Guard.__args__
+MIN_IMAGES = 16  # fewer images give BatchNorm statistics too noisy to trust
+MAX_WEIGHT = 10.0  # no image counts more than this many times its fair share
+# The run's files that stay valid when only the BatchNorm statistics change; anything else (metrics,
+# report, exported ONNX models, export.json) describes the old weights and is left behind.
+CARRIED = ("config.yaml", "split.csv", "skipped.csv", "history.csv")
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def class_weights(probs: np.ndarray, train_shares: np.ndarray) -> np.ndarray:
+    """Per-image weights (mean 1) that give the predicted classes of the images the training shares:
+    an image predicted as class k counts train_share[k] / predicted_share[k]. Classes the model never
+    predicts here cannot be restored; the others keep their relative training shares."""
+    pred = probs.argmax(1)
+    k = probs.shape[1]
+    predicted = np.bincount(pred, minlength=k) / len(pred)
+    present = predicted > 0
+    target = np.where(present, train_shares, 0.0)
+    target = target / target.sum()
+    w = np.where(present[pred], target[pred] / np.maximum(predicted[pred], 1e-12), 0.0)
+    w = np.minimum(w, MAX_WEIGHT)
+    return w * len(w) / w.sum()
+
+
+def resample(weights: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Indices of a weighted draw of len(weights) images (systematic resampling: each image appears
+    floor or ceil of its weight times, in a shuffled order). Equal weights give every image once."""
+    rng = np.random.default_rng(seed)
+    n = len(weights)
+    cum = np.cumsum(weights / weights.sum()) * n
+    picks = np.searchsorted(cum, rng.uniform() + np.arange(n), side="right")
+    return rng.permutation(np.minimum(picks, n - 1))
+
+
+@torch.no_grad()
+def target_statistics(model: nn.Module, images: np.ndarray, order: np.ndarray, prep: Preprocessing,
+                      batch_size: int = 32) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """(mean, unbiased variance) of every BatchNorm layer's input over the images in `order`, pooled
+    over all of them. The pass runs the BatchNorm layers in training mode (each batch normalised by
+    its own statistics, as AdaBN does) and everything else (dropout) in evaluation mode."""
+    layers = batchnorm_layers(model)
+    sums: dict[nn.Module, list] = {m: [0.0, 0.0, 0] for m in layers}
+
+    def hook(module, inputs):
+        x = inputs[0].detach().double()
+        dims = [d for d in range(x.dim()) if d != 1]
+        acc = sums[module]
+        acc[0] = acc[0] + x.sum(dims)
+        acc[1] = acc[1] + (x * x).sum(dims)
+        acc[2] += x.numel() // x.shape[1]
+
+    was_training = model.training
+    model.eval()
+    # training mode moves the running statistics and the batch counter: put them back afterwards
+    saved = {m: (m.running_mean.clone(), m.running_var.clone(),
+                 m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in layers}
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    try:
+        for m in layers:
+            m.train()
+        device = next(model.parameters()).device
+        starts = list(range(0, len(order), batch_size))
+        if len(starts) > 1 and len(order) - starts[-1] < 2:
+            starts.pop()  # a batch of one image has no batch statistics: it joins the one before
+        for i, s in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else len(order)
+            rows = order[s:end]
+            model(prep(np.asarray(images[np.sort(rows)])).to(device))  # sorted: sequential memmap reads; order is irrelevant to BN
+    finally:
+        for h in handles:
+            h.remove()
+        for m in layers:
+            mean, var, count = saved[m]
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+        model.train(was_training)
+    out = {}
+    for m, (s1, s2, n) in sums.items():
+        mean = s1 / n
+        var = (s2 / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
+        out[m] = (mean, var)
+    return out
+
+
+def adapt_batchnorm(model: nn.Module, images: np.ndarray, prep: Preprocessing, train_shares: np.ndarray | None,
+                    guard: Guard = "reweight", alpha: float = 1.0, batch_size: int = 32, seed: int = 0,
+                    probs: np.ndarray | None = None) -> dict:
+    """Re-estimate the BatchNorm statistics of `model` (in place) on `images`, (N, H, W, C) uint8 at
+    the run's size. `probs`: the unadapted model's probabilities of the images when already known
+    (the guard computes them otherwise). Returns what was done, for the run record."""
+    if guard not in GUARDS:
+        raise ValueError(f"guard must be one of {GUARDS}, got {guard!r}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+    n = len(images)
+    info: dict = {"bn_layers": len(batchnorm_layers(model))}
+    weights = np.ones(n)
+    if guard == "reweight":
+        if train_shares is None:
+            raise ValueError("the reweight guard needs the training class shares")
+        if probs is None:
+            probs, _ = forward_images(model.eval(), images, prep, batch_size=batch_size)
+        weights = class_weights(probs, np.asarray(train_shares, dtype=np.float64))
+        k = probs.shape[1]
+        info["predicted_shares"] = np.round(np.bincount(probs.argmax(1), minlength=k) / n, 4).tolist()
+        info["weight_range"] = [round(float(weights.min()), 4), round(float(weights.max()), 4)]
+    order = resample(weights, seed) if guard == "reweight" else np.random.default_rng(seed).permutation(n)
+    apply_statistics(target_statistics(model, images, order, prep, batch_size), alpha)
+    return info
+
+
+def apply_statistics(stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]], alpha: float = 1.0) -> None:
+    """Set each layer's running statistics to (1 - alpha) x its own + alpha x the target's."""
+    for m, (mean, var) in stats.items():
+        m.running_mean.copy_(((1 - alpha) * m.running_mean.double() + alpha * mean).to(m.running_mean.dtype))
+        m.running_var.copy_(((1 - alpha) * m.running_var.double() + alpha * var).to(m.running_var.dtype))
+
+
+def train_shares(run: Run) -> np.ndarray:
+    """The class shares of the run's training split (from split.csv)."""
+    counts = np.zeros(len(run.classes))
+    index = {c: i for i, c in enumerate(run.classes)}
+    for r in run.records("train"):
+        if r.label in index:
+            counts[index[r.label]] += 1
+    if counts.sum() == 0:
+        counts[:] = 1
+    return counts / counts.sum()
+
+
+@dataclass
+class AdaptResult:
+    run_dir: Path
+    images: int
+    unreadable: int
+    record: dict
+
+
+def _target_images(folder: Path) -> tuple[list[str], dict[str, str]]:
+    fix = "pass a folder of the new site's images (PNG, JPEG, DICOM, ...); class sub-folders are allowed, their names are not read."
+    if not folder.exists():
+        raise DataError(f"Image folder {folder} does not exist.", fix)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is a file, not a folder of images.", fix)
+    try:
+        paths, skipped = list_image_files(folder)
+    except OSError as e:
+        raise DataError(f"Image folder {folder} cannot be listed ({e.strerror or e}).", fix) from None
+    if not paths:
+        raise DataError(f"Image folder {folder} holds no image files.", fix)
+    return sorted(paths), skipped
+
+
+def _check_out(run: Run, folder: Path, out: Path, overwrite: bool) -> None:
+    r_out, r_run = resolved(out), resolved(run.path)
+    if r_out == r_run or r_run in r_out.parents or r_out in r_run.parents:
+        raise OutputError(f"--out {out} is, holds or lies inside the source run {run.path}.",
+                          "choose a new folder for the adapted run.")
+    check_replaceable_dir(out, overwrite, protected=[folder])
+
+
+def adapt_run(run: Run | str | Path, images: str | Path, out: str | Path, guard: Guard = "reweight", alpha: float = 1.0,
+              overwrite: bool = False, batch_size: int = 32, seed: int = 0, reporter: Reporter | None = None,
+              refit_ood: bool = True) -> AdaptResult:
+    """Write `out`: a complete run, `run` with its BatchNorm statistics re-estimated on the images
+    below `images` (labels never read), recording what it was adapted on in run.json "adaptation".
+    The source's out-of-distribution guard describes the source weights' features, so the new run's
+    guard is fitted again on its own features (`refit_ood`; otherwise it is recorded as absent)."""
+    reporter = reporter or Reporter(quiet=True)
+    run = run if isinstance(run, Run) else load_run(run)
+    folder, out = Path(images), Path(out)
+    _check_out(run, folder, out, overwrite)
+    model = run.build_model()
+    if not batchnorm_layers(model):
+        raise RunError(f"The model of run {run.path} ({run.model_name}) has no BatchNorm layer, so there are no "
+                       "normalisation statistics to adapt.", "adapt works on BatchNorm models (seed_cnn, efficientnet_lite0, "
+                       "ResNets); use the run as it is.")
+    paths, skipped = _target_images(folder)
+    prep = run.preprocessing
+    with reporter.task("Decoding the new site's images", len(paths)) as bar:
+        cache = build_cache(paths, prep.image_size, prep.resize, prep.channels, progress=lambda d, t: bar.update(d))
+    readable = [p for p in paths if p not in cache.errors]
+    unreadable = {**skipped, **{p: cache.errors[p] for p in paths if p in cache.errors}}
+    if len(readable) < MIN_IMAGES:
+        first = f" ({len(unreadable)} unreadable, first: {next(iter(unreadable))})" if unreadable else ""
+        raise DataError(f"Image folder {folder} has {len(readable)} readable image(s){first}; adaptation needs at least "
+                        f"{MIN_IMAGES}.", f"pass at least {MIN_IMAGES} images of the new site.")
+    if unreadable:
+        reporter.warn(f"{len(unreadable)} unreadable image(s) left out of the adaptation (first: "
+                      f"{next(iter(unreadable))}: {next(iter(unreadable.values()))}); listed in {out / 'adaptation.csv'}.")
+    rows = cache.rows(readable)
+    # every file readable: the memory-mapped cache itself, read batch by batch, never all in memory
+    pixels = cache.images if np.array_equal(rows, np.arange(len(cache.images))) else cache.images[rows]
+    info = adapt_batchnorm(model, pixels, prep, train_shares(run), guard=guard, alpha=alpha, batch_size=batch_size, seed=seed)
+    record = {"method": "adabn", "guard": guard, "alpha": alpha, "batch_size": batch_size, "seed": seed,
+              "source_run": str(resolved(run.path)), "source_weights": _sha12(run.path / "model.safetensors"),
+              "images_folder": str(resolved(folder)), "images": len(readable), "unreadable": len(unreadable),
+              "fingerprint": files_key(readable, "adapt"), "train_shares": np.round(train_shares(run), 4).tolist(),
+              **info, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    with atomic_dir(out, replace=out.exists()) as tmp:
+        write_bytes(tmp / "run.json", (run.path / "run.json").read_bytes())
+        for name in CARRIED:
+            if (run.path / name).is_file():
+                write_bytes(tmp / name, (run.path / name).read_bytes())
+        save_weights(model, tmp / "model.safetensors")
+        write_csv(tmp / "adaptation.csv", ["path", "used", "reason"],
+                  [(p, "yes", "") for p in readable] + [(p, "no", r) for p, r in sorted(unreadable.items())])
+        # The source's MLflow run and its export records describe the source weights, not these.
+        adapted = load_run(tmp)
+        calibration = adapted.info.get("calibration")
+        if calibration:  # kept: there are no labels at the new site to fit another on (evaluate keeps it too)
+            calibration = {**calibration, "fitted_on": "val, before adaptation"}
+        adapted.update(adaptation=record, tracking=None, exports=None, calibration=calibration,
+                       ood={"status": "unavailable", "reason": "adapted weights; run `medclassify fit-guard` on this run"})
+        if refit_ood and (run.info.get("ood") or {}).get("status") == "fitted":
+            fit_guard(adapted, reporter, quantile=run.info["ood"].get("quantile"), seed=seed, model=model)
+
+    return AdaptResult(out, len(readable), len(unreadable), record)
+
+
+def _sha12(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
