@@ -14,8 +14,11 @@ the guard exists for.
     python benchmarks/adapt.py /tmp/medclassify-bench-runs/brain_tumor_mri-fixed-recipe-s0 --compare
     python benchmarks/adapt.py RUN [RUN ...] --runs-dir /tmp/adapt-runs
 
-Prints a table and writes benchmarks/results/adapt.json. `shift_detected` is left null for the
-train/test shift check (medclassify shift) to fill."""
+Prints a table and writes benchmarks/results/adapt.json. `shift_detected` is the shift check's answer
+for the scored half when the run has an out-of-distribution guard (`medclassify fit-guard RUN`, or the
+copies benchmarks/ood.py makes under /tmp/ood-runs): a test half against the guard's held-out
+validation reference (MMD, p < 0.01), a validation half against the other validation half (the
+reference itself holds them). Without a guard it stays null."""
 
 from __future__ import annotations
 
@@ -52,6 +55,29 @@ def skewed(idx: np.ndarray, labels: np.ndarray, seed: int, keep_others: float = 
     major = np.bincount(labels[idx]).argmax()
     keep = [i for i in idx if labels[i] == major or rng.uniform() < keep_others]
     return np.asarray(sorted(keep))
+
+
+def half_features(run, pixels: np.ndarray):
+    """Penultimate features of already decoded images, or None when the run has no fitted guard."""
+    from medclassify.engine import forward_images
+    from medclassify.ood import load_guard
+
+    guard, _ = load_guard(run)
+    if guard is None:
+        return None, None
+    out = forward_images(run.build_model(), pixels, run.preprocessing, tta=run.tta, temperature=run.temperature, features=True)
+    return guard, out[-1]
+
+
+def shift_of(guard, features, against=None) -> tuple[bool | None, float | None]:
+    """(shift detected, p-value) of a half: against the guard's reference, or against another sample."""
+    from medclassify.evaluation.shift import ALPHA, shift_from_features
+    from medclassify.ood.twosample import mmd_test
+
+    if guard is None:
+        return None, None
+    p = mmd_test(against, features)["p_value"] if against is not None else shift_from_features(guard, features, "half")["p_value"]
+    return bool(p < ALPHA), round(float(p), 4)
 
 
 def scores(y: np.ndarray, pred: np.ndarray) -> dict:
@@ -127,15 +153,18 @@ def same_site_rows(run, model, args) -> list[dict]:
     pixels = np.asarray(cache.images[cache.rows([r.path for r in records])])
     source_pred = predictions(model, pixels, prep, run.tta)
     a, b = halves(y, args.seed)
+    guard, feats = half_features(run, pixels)
     rows = []
     for adapt_on, score_on, label in ((a, b, ("A", "B")), (b, a, ("B", "A"))):
+        shift, p_value = shift_of(guard, feats[score_on] if guard else None, feats[adapt_on] if guard else None)
         m = copy.deepcopy(model)
         adapt_batchnorm(m, pixels[adapt_on], prep, train_shares(run), guard=args.guard, alpha=args.alpha, seed=args.seed)
         after, before = scores(y[score_on], predictions(m, pixels[score_on], prep, run.tta)), scores(y[score_on], source_pred[score_on])
         rows.append({"split": "val", "adapted_on": label[0], "scored_on": label[1], "n": len(score_on),
                      "accuracy": {"source": before["accuracy"], "adapted": after["accuracy"]},
                      "balanced_accuracy": {"source": before["balanced_accuracy"], "adapted": after["balanced_accuracy"]},
-                     "delta_accuracy_points": round(100 * (after["accuracy"] - before["accuracy"]), 2), "shift_detected": None})
+                     "delta_accuracy_points": round(100 * (after["accuracy"] - before["accuracy"]), 2), "shift_detected": shift,
+                     "shift_p_value": p_value})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -162,8 +191,10 @@ def bench_run(run_path: Path, args) -> dict:
     out = {"dataset": name, "run": str(run_path), "model": run.model_name, "test_images": len(y),
            "halves": {"A": len(a), "B": len(b)}, "tta": run.tta, "rows": []}
     headline = {}
+    guard, feats = half_features(run, pixels)
     for adapt_on, score_on, label in ((a, b, ("A", "B")), (b, a, ("B", "A"))):
         t0 = time.perf_counter()
+        shift, p_value = shift_of(guard, feats[score_on] if guard else None)
         run_dir = adapted_run(run, [paths[i] for i in adapt_on], name, label[0], args)
         after = scores(y[score_on], predictions(load_run(run_dir).build_model(), pixels[score_on], prep, run.tta))
         before = scores(y[score_on], source_pred[score_on])
@@ -172,7 +203,7 @@ def bench_run(run_path: Path, args) -> dict:
                             "accuracy": {"source": before["accuracy"], "adapted": after["accuracy"]},
                             "balanced_accuracy": {"source": before["balanced_accuracy"], "adapted": after["balanced_accuracy"]},
                             "delta_accuracy_points": round(100 * (after["accuracy"] - before["accuracy"]), 2),
-                            "shift_detected": None, "adapted_run": str(run_dir),
+                            "shift_detected": shift, "shift_p_value": p_value, "adapted_run": str(run_dir),
                             "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(out["rows"][-1]), flush=True)
     if args.val:

@@ -133,9 +133,10 @@ def forward_features(net: Net | nn.Module, x: torch.Tensor, tta: bool = False,
 
 
 def forward_images(net: Net | nn.Module, images: np.ndarray, prep: Preprocessing, tta: bool = False,
-                   temperature: float = 1.0, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(N, H, W, C) uint8 images already at the run's size -> (probabilities, logits)."""
-    return _batched(net, (images[i : i + batch_size] for i in range(0, len(images), batch_size)), prep, tta, temperature)
+                   temperature: float = 1.0, batch_size: int = 64, features: bool = False) -> tuple[np.ndarray, ...]:
+    """(N, H, W, C) uint8 images already at the run's size -> (probabilities, logits[, features])."""
+    return _batched(net, (images[i : i + batch_size] for i in range(0, len(images), batch_size)), prep, tta, temperature,
+                    features=features)
 
 
 def predict_rows(net: Net | nn.Module, images: np.ndarray, rows: np.ndarray, prep: Preprocessing, batch_size: int = 64,
