@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import signal
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -23,6 +25,7 @@ from .images import UnreadableImage, load_for_model
 from .images import storage_path
 
 CACHE_VERSION = 1
+RELEASE_BYTES = 64 << 20  # memmap pages read or written between two releases (see release_pages)
 
 
 CACHE_FIX = "set MEDCLASSIFY_CACHE to a writable folder with free space (e.g. export MEDCLASSIFY_CACHE=/tmp/medclassify-cache)."
@@ -92,6 +95,39 @@ def map_files(fn: Callable, jobs: Sequence, workers: int | None = None) -> Itera
         yield from map(fn, jobs)
 
 
+def release_pages(arr: np.ndarray) -> None:
+    """Unmap the pages of a memmap that this process has touched. Pages of a mapped file count in the
+    process's RSS until the kernel wants them back, so a pass over a 100,000-image cache would show
+    the whole cache as resident; released, they stay in the page cache and the next read maps them
+    again. Written (dirty) pages of the shared mapping are kept by the page cache and written back."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
+class PagedRows:
+    """Row reads (`rows[indices]`) from a memmap that release its pages every RELEASE_BYTES read,
+    so the resident set stays bounded by the batches, not by the dataset. Safe across threads."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+        self.shape, self.dtype = images.shape, images.dtype
+        self._read = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        out = np.asarray(self.images[rows])
+        with self._lock:
+            self._read += out.nbytes
+            if self._read >= RELEASE_BYTES:
+                self._read = 0
+                release_pages(self.images)
+        return out
+
+
 @dataclass
 class ImageCache:
     directory: Path
@@ -105,6 +141,10 @@ class ImageCache:
 
     def rows(self, paths: Sequence[str]) -> np.ndarray:
         return np.fromiter((self.row_of[p] for p in paths), dtype=np.int64, count=len(paths))
+
+    def reader(self) -> PagedRows:
+        """`images` for reading rows in batches with a bounded resident set (see PagedRows)."""
+        return PagedRows(self.images)
 
     @property
     def hit(self) -> bool:
@@ -149,10 +189,14 @@ def build_cache(
         row_of = {p: i for i, p in enumerate(paths)}
         jobs = [(p, size, resize_mode, channels) for p in paths]
         done = 0
+        per_release = max(1, RELEASE_BYTES // (size * size * channels))
         for path, img, err, passing in map_files(_decode_one, jobs, workers):
             done = _store(arr, row_of, errors, path, img, err, done, len(paths), progress)
             if passing:
                 transient.append(path)
+            if done % per_release == 0:
+                arr.flush()
+                release_pages(arr)
         arr.flush()
         del arr
         write_json(building / "index.json", {"version": CACHE_VERSION, "paths": paths, "errors": errors,

@@ -37,7 +37,7 @@ def score_records(run: Run, records: list[Record], cache: ImageCache | None = No
     model = model or run.build_model()
     # Probabilities as predict gives them: with the run's calibration temperature (1 until fitted).
     temperature = run.temperature
-    _, logits = predict_rows(model, cache.images, cache.rows([r.path for r in readable]), prep, tta=tta)
+    _, logits = predict_rows(model, cache.reader(), cache.rows([r.path for r in readable]), prep, tta=tta)
     probs = softmax(logits, temperature)
     y = np.array([index[r.label] for r in readable])
     metrics = compute_metrics(y, probs, run.classes)
