@@ -39,18 +39,19 @@ def _image(args) -> None:
     rng = np.random.default_rng(seed)
     # A smooth random field, so every image is distinct at the audit's 48 px (no spurious duplicates).
     field = Image.fromarray((rng.random((6, 6)) * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
-    img = 0.25 + 0.35 * np.asarray(field, np.float32) / 255
-    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.asarray(field, np.float32) * (0.35 / 255) + 0.25
+    r = max(2, int(0.05 * size))
+    yy, xx = np.mgrid[-3 * r : 3 * r + 1, -3 * r : 3 * r + 1]
     for _ in range(label):  # class k shows k bright blobs
-        cx, cy = rng.uniform(0.15, 0.85, 2)
-        r = 0.05 * rng.uniform(0.8, 1.2)
-        img += 0.4 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
-    img += rng.normal(0, 0.03, img.shape)
+        cy, cx = rng.integers(3 * r, size - 3 * r, 2)
+        sd = r * rng.uniform(0.8, 1.2)
+        img[cy - 3 * r : cy + 3 * r + 1, cx - 3 * r : cx + 3 * r + 1] += 0.4 * np.exp(-(xx * xx + yy * yy) / (2 * sd * sd))
+    img += rng.standard_normal(img.shape, np.float32) * 0.03
     Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(path, quality=90)
 
 
 def generate(folder: Path, n: int, classes: int, size: int, workers: int) -> float:
-    params = {"n": n, "classes": classes, "size": size, "format": "jpeg", "version": 1}
+    params = {"n": n, "classes": classes, "size": size, "format": "jpeg", "version": 2}
     marker = folder / "params.json"
     if marker.is_file() and json.loads(marker.read_text()) == params:
         return 0.0

@@ -25,7 +25,7 @@ from .images import UnreadableImage, load_for_model
 from .images import storage_path
 
 CACHE_VERSION = 1
-RELEASE_BYTES = 64 << 20  # memmap pages read or written between two releases (see release_pages)
+RELEASE_BYTES = 32 << 20  # memmap pages read or written between two releases (see release_pages)
 
 
 CACHE_FIX = "set MEDCLASSIFY_CACHE to a writable folder with free space (e.g. export MEDCLASSIFY_CACHE=/tmp/medclassify-cache)."
