@@ -126,16 +126,18 @@ def run_stage(name: str, data: Path, out: Path, cache: Path, train_size: int, wo
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(n: int, args, root: Path) -> dict:
+def measure(n: int, args, root: Path, results: dict) -> dict:
     data = root / f"data-n{n}-c{args.classes}-s{args.size}"
     gen_s = generate(data, n, args.classes, args.size, args.workers)
     work = Path(tempfile.mkdtemp(prefix=f"scale-n{n}-", dir=root))
     out = {"n": n, "generate_s": round(gen_s, 1) if gen_s else "reused"}
+    results["runs"].append(out)
     try:
         for name in ("audit", "cache", "train"):
             fig = run_stage(name, data, work / name, work / "cache", args.train_size, args.workers)
             out[name] = fig
             print(f"  n={n} {name}: {json.dumps(fig)}", flush=True)
+            save(results, args.out_json)  # a run cut short keeps the stages it finished
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -168,14 +170,18 @@ def main() -> int:
                "training": f"seed_cnn, random init, {args.train_size} px, 1 epoch, batch 64, augment medical", "runs": []}
     for n in sizes:
         print(f"N = {n}", flush=True)
-        results["runs"].append(measure(n, args, root))
+        measure(n, args, root, results)
     if len(results["runs"]) == 2:
         a, b = results["runs"]
         results["peak_rss_growth_mb"] = {s: round(b[s]["peak_rss_mb"] - a[s]["peak_rss_mb"], 1) for s in ("audit", "cache", "train")}
-    Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out_json).write_text(json.dumps(results, indent=1) + "\n")
+    save(results, args.out_json)
     print(json.dumps(results, indent=1))
     return 0
+
+
+def save(results: dict, path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

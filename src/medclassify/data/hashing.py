@@ -122,8 +122,8 @@ def dataset_mean(coefs: np.ndarray) -> np.ndarray:
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:
     """(..., 64) bool -> (...) uint64, bit i of the integer = bits[..., i]."""
-    weights = (np.uint64(1) << np.arange(HASH_BITS, dtype=np.uint64))
-    return (bits.astype(np.uint64) * weights).sum(axis=-1, dtype=np.uint64)
+    packed = np.packbits(bits, axis=-1, bitorder="little")  # byte k holds bits 8k..8k+7, LSB first
+    return np.ascontiguousarray(packed).view("<u8")[..., 0].astype(np.uint64)
 
 
 def perceptual_hashes(coefs: np.ndarray, mu: np.ndarray) -> np.ndarray:
