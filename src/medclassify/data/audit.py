@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from . import hashing
-from .cache import release_pages
+from .cache import PagedRows, release_pages
 from .fingerprints import Fingerprints, compute_fingerprints
 from .sources import DatasetIndex, Record, attach_patients, missing_classes, scan_folder
 from .splits import patient_overlap
@@ -73,9 +73,10 @@ def find_duplicates(fp: Fingerprints, max_hamming: int = hashing.MAX_HAMMING,
     i, j, _ = hashing.near_pairs(hashes[:, hashing.CENTRE], hashes.ravel(), owner, max_hamming)
     candidates = len(i)
     sel = rows[search]
-    close = hashing.coefficient_cosines(fp.coefs, mu, sel[i], sel[j]) >= hashing.MIN_COSINE
+    # Candidates pair any two images: their rows are read at random, so the pages are released as they go.
+    close = hashing.coefficient_cosines(PagedRows(fp.coefs), mu, sel[i], sel[j]) >= hashing.MIN_COSINE
     i, j = i[close], j[close]
-    ok = hashing.pair_correlations(fp.thumbs, sel[i], sel[j]) >= min_correlation
+    ok = hashing.pair_correlations(PagedRows(fp.thumbs), sel[i], sel[j]) >= min_correlation
     release_pages(fp.coefs)
     release_pages(fp.thumbs)
     i, j = search[i[ok]], search[j[ok]]

@@ -120,8 +120,10 @@ class PagedRows:
 
     def __getitem__(self, rows) -> np.ndarray:
         out = np.asarray(self.images[rows])
+        first = rows[0] if isinstance(rows, tuple) else rows
+        touched = max(out.nbytes, np.size(first) * mmap.PAGESIZE)  # scattered small rows touch a page each
         with self._lock:
-            self._read += out.nbytes
+            self._read += touched
             if self._read >= RELEASE_BYTES:
                 self._read = 0
                 release_pages(self.images)
@@ -201,7 +203,7 @@ def build_cache(
         del arr
         write_json(building / "index.json", {"version": CACHE_VERSION, "paths": paths, "errors": errors,
                                             "transient": sorted(transient),
-                                            "size": size, "resize": resize_mode, "channels": channels})
+                                            "size": size, "resize": resize_mode, "channels": channels}, stream=True)
     cache = _open(final)
     cache.build_seconds = time.perf_counter() - t0
     return cache
@@ -250,5 +252,5 @@ def retry_transient(cache: ImageCache, size: int, resize_mode: str, channels: in
     del images
     meta = json.loads((cache.directory / "index.json").read_text())
     meta.update(errors=errors, transient=transient)
-    write_json(cache.directory / "index.json", meta)
+    write_json(cache.directory / "index.json", meta, stream=True)
     return _open(cache.directory)

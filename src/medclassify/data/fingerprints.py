@@ -116,7 +116,7 @@ def compute_fingerprints(paths: Sequence[str], workers: int | None = None,
         np.savez(building / "arrays.npz", **small)
         # A permission or I/O error may pass: the entry serves this audit, and the next one looks again.
         write_json(building / "meta.json", {"version": FINGERPRINT_VERSION, "paths": paths, "errors": errors,
-                                           "mode": mode, "exact": exact, "transient": transient})
+                                           "mode": mode, "exact": exact, "transient": transient}, stream=True)
     fp = _load(final)
     fp.hit = False
     if transient:

@@ -143,7 +143,7 @@ def _masks(bits: int, radius: int) -> np.ndarray:
 
 
 def near_pairs(queries: np.ndarray, index: np.ndarray | None = None, owner: np.ndarray | None = None,
-               max_distance: int = MAX_HAMMING, mirror: bool = True, chunk: int = 2_000_000, query_chunk: int = 16384):
+               max_distance: int = MAX_HAMMING, mirror: bool = True, chunk: int = 500_000, query_chunk: int = 16384):
     """Pairs of images (i < j) whose hashes are within `max_distance` bits.
 
     `queries[i]` is image i's hash; `index` holds any number of hashes per image (rotations), image
@@ -173,19 +173,22 @@ def near_pairs(queries: np.ndarray, index: np.ndarray | None = None, owner: np.n
                 keys = qsub ^ m
                 lo = np.searchsorted(sorted_sub, keys, "left")
                 counts = np.searchsorted(sorted_sub, keys, "right") - lo
-                total = int(counts.sum())
-                if total == 0:
-                    continue
-                qi_all = q0 + np.repeat(np.arange(len(qsub)), counts)
-                pos_all = np.arange(total) + np.repeat(lo - np.cumsum(counts) + counts, counts)
-                for s in range(0, total, chunk):
-                    qi, k = qi_all[s : s + chunk], order[pos_all[s : s + chunk]]
-                    tj = own[k]
-                    d = hamming(q[qi], idx[k])
-                    ok = (d <= max_distance) & (qi != tj)
-                    qi, tj, d = qi[ok], tj[ok], d[ok]
-                    found_key.append(np.minimum(qi, tj).astype(np.int64) * n + np.maximum(qi, tj))
-                    found_d.append(d.astype(np.int64))
+                ends = np.cumsum(counts)
+                start = 0
+                while start < len(keys):  # runs of queries with at most `chunk` candidates (alike images crowd a bucket)
+                    end = max(start + 1, int(np.searchsorted(ends, ends[start] - counts[start] + chunk, "right")))
+                    c = counts[start:end]
+                    total = int(c.sum())
+                    if total:
+                        qi = q0 + start + np.repeat(np.arange(end - start), c)
+                        k = order[np.arange(total) + np.repeat(lo[start:end] - np.cumsum(c) + c, c)]
+                        tj = own[k]
+                        d = hamming(q[qi], idx[k])
+                        ok = (d <= max_distance) & (qi != tj)
+                        qi, tj, d = qi[ok], tj[ok], d[ok]
+                        found_key.append(np.minimum(qi, tj).astype(np.int64) * n + np.maximum(qi, tj))
+                        found_d.append(d.astype(np.int64))
+                    start = end
     if not found_key:
         return empty, empty, empty
     keys, dists = np.concatenate(found_key), np.concatenate(found_d)
