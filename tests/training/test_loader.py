@@ -84,3 +84,16 @@ def test_the_data_wait_share_is_recorded_per_epoch(tiny_run):
     timings = json.loads((tiny_run / "run.json").read_text())["timings"]
     assert len(shares) == 3 and all(0 <= s <= 1 for s in shares)
     assert timings["data_wait_share"] == [round(s, 4) for s in shares]
+
+
+def test_row_reads_without_mapping_equal_the_memmap(tmp_path):
+    arr = np.lib.format.open_memmap(tmp_path / "c.npy", mode="w+", dtype=np.float32, shape=(300, 7, 4))
+    arr[:] = np.random.default_rng(0).random(arr.shape)
+    arr.flush()
+    mm = np.load(tmp_path / "c.npy", mmap_mode="r")
+    rows = PagedRows(mm)
+    idx = np.r_[np.arange(5), [299, -1, 17, 16, 40]]  # runs, the last row, a negative index, any order
+    assert np.array_equal(rows[idx], mm[idx]) and np.array_equal(rows[idx, 3], mm[idx, 3])
+    assert rows[np.zeros(0, np.int64)].shape == (0, 7, 4)
+    with pytest.raises(IndexError):
+        rows[np.array([300])]

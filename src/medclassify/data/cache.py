@@ -106,27 +106,59 @@ def release_pages(arr: np.ndarray) -> None:
 
 
 class PagedRows:
-    """Row reads (`rows[indices]`) from a memmap that release its pages every RELEASE_BYTES read,
-    so the resident set stays bounded by the batches, not by the dataset. Safe across threads."""
+    """Row reads (`rows[indices]`, `rows[indices, ...]`) from a memmapped .npy that leave nothing
+    mapped: integer rows are read with pread into a fresh array, so the resident set is the batch,
+    not the file (a mapped read of one random row maps the 64 KB around it, and those pages stay
+    counted in RSS). Other indexes read the memmap and release its pages every RELEASE_BYTES.
+    Safe across threads."""
 
     def __init__(self, images: np.ndarray):
         self.images = images
         self.shape, self.dtype = images.shape, images.dtype
+        self._row_bytes = int(np.prod(images.shape[1:], dtype=np.int64)) * images.dtype.itemsize
+        self._fd = None
+        if isinstance(getattr(images, "base", None), mmap.mmap) and images.flags.c_contiguous and getattr(images, "filename", None):
+            self._fd = os.open(images.filename, os.O_RDONLY)
         self._read = 0
         self._lock = threading.Lock()
+
+    def __del__(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, rows) -> np.ndarray:
-        out = np.asarray(self.images[rows])
-        first = rows[0] if isinstance(rows, tuple) else rows
-        touched = max(out.nbytes, np.size(first) * mmap.PAGESIZE)  # scattered small rows touch a page each
+    def __getitem__(self, index) -> np.ndarray:
+        rows, rest = (index[0], index[1:]) if isinstance(index, tuple) else (index, ())
+        rows = np.asarray(rows)
+        if self._fd is not None and rows.ndim == 1 and rows.dtype.kind in "iu":
+            out = self._pread(rows)
+            return out[(slice(None),) + rest] if rest else out
+        out = np.asarray(self.images[index])
         with self._lock:
-            self._read += touched
+            self._read += max(out.nbytes, np.size(rows) * 16 * mmap.PAGESIZE)  # a fault maps up to 16 pages
             if self._read >= RELEASE_BYTES:
                 self._read = 0
                 release_pages(self.images)
+        return out
+
+    def _pread(self, rows: np.ndarray) -> np.ndarray:
+        n = len(self.images)
+        rows = np.where(rows < 0, rows + n, rows).astype(np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= n):
+            raise IndexError(f"row index out of range for {n} rows")
+        out = np.empty((len(rows),) + self.shape[1:], self.dtype)
+        if not len(rows):
+            return out
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive rows: one read each
+        for a, b in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(rows)].tolist()):
+            want = (b - a) * self._row_bytes
+            got = os.preadv(self._fd, [memoryview(flat[a:b]).cast("B")], self.images.offset + int(rows[a]) * self._row_bytes)
+            if got != want:
+                raise OSError(f"short read from {self.images.filename} ({got} of {want} bytes)")
         return out
 
 
