@@ -118,7 +118,8 @@ class PagedRows:
         self._row_bytes = int(np.prod(images.shape[1:], dtype=np.int64)) * images.dtype.itemsize
         self._fd = None
         if isinstance(getattr(images, "base", None), mmap.mmap) and images.flags.c_contiguous and getattr(images, "filename", None):
-            self._fd = os.open(images.filename, os.O_RDONLY)
+            with contextlib.suppress(OSError):  # the file is gone (the entry was replaced): read the mapping
+                self._fd = os.open(images.filename, os.O_RDONLY)
         self._read = 0
         self._lock = threading.Lock()
 

@@ -189,15 +189,21 @@ def near_pairs(queries: np.ndarray, index: np.ndarray | None = None, owner: np.n
                         found_key.append(np.minimum(qi, tj).astype(np.int64) * n + np.maximum(qi, tj))
                         found_d.append(d.astype(np.int64))
                     start = end
+            if len(found_key) > 1:  # a pair is found once per rotation, mirror and block: keep each once as we go
+                keys, dists = _smallest_per_pair(np.concatenate(found_key), np.concatenate(found_d))
+                found_key, found_d = [keys], [dists]
     if not found_key:
         return empty, empty, empty
-    keys, dists = np.concatenate(found_key), np.concatenate(found_d)
-    order = np.lexsort((dists, keys))  # per pair, keep its smallest distance
+    keys, dists = _smallest_per_pair(found_key[0], found_d[0])
+    return keys // n, keys % n, dists
+
+
+def _smallest_per_pair(keys: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((dists, keys))
     keys, dists = keys[order], dists[order]
     first = np.ones(len(keys), bool)
     first[1:] = keys[1:] != keys[:-1]
-    keys, dists = keys[first], dists[first]
-    return keys // n, keys % n, dists
+    return keys[first], dists[first]
 
 
 def coefficient_cosines(coefs: np.ndarray, mu: np.ndarray, i: np.ndarray, j: np.ndarray, batch: int = 4096) -> np.ndarray:
