@@ -158,8 +158,18 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+def write_json(path: str | Path, obj: Any, stream: bool = False) -> Path:
+    """Indented JSON; `stream=True`: compact, written piece by piece without the whole text in memory
+    (an index of 100,000 paths would otherwise hold several copies of itself while being written)."""
+    if not stream:
+        return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+    def dump(tmp: Path) -> None:
+        with open(tmp, "w", encoding="ascii") as f:  # json escapes every other character
+            json.dump(obj, f, default=str)
+            f.write("\n")
+
+    return write_with(path, dump)
 
 
 def write_csv(path: str | Path, header: list[str], rows: Iterable[Iterable[Any]]) -> Path:

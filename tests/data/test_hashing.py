@@ -51,6 +51,9 @@ def test_multi_index_search_equals_brute_force(seed, d, mirror):
     i, j, dist = hashing.near_pairs(h, max_distance=d, mirror=mirror)
     assert set(zip(i.tolist(), j.tolist())) == brute_force(h, d, mirror)
     assert (dist <= d).all()
+    # Probed in small pieces (what bounds the memory of 100,000 alike images): the same pairs and distances.
+    small = hashing.near_pairs(h, max_distance=d, mirror=mirror, chunk=3, query_chunk=7)
+    assert all(np.array_equal(a, b) for a, b in zip((i, j, dist), small))
 
 
 def test_augmented_copies_are_found_and_distinct_images_are_not():

@@ -10,12 +10,14 @@ import datetime as dt
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from . import hashing
+from .cache import PagedRows, release_pages
 from .fingerprints import Fingerprints, compute_fingerprints
 from .sources import DatasetIndex, Record, attach_patients, missing_classes, scan_folder
 from .splits import patient_overlap
@@ -62,30 +64,52 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> list[list[int]]:
 def find_duplicates(fp: Fingerprints, max_hamming: int = hashing.MAX_HAMMING,
                     min_correlation: float = hashing.MIN_CORRELATION) -> Duplicates:
     rows = np.flatnonzero(fp.readable)
-    by_hash: dict[str, list[int]] = defaultdict(list)
-    for r in rows.tolist():
-        by_hash[fp.exact[r]].append(r)
-    exact = sorted(sorted(fp.paths[r] for r in g) for g in by_hash.values() if len(g) > 1)
+    exact_of = fp.exact.__getitem__
+    by_hash = [g for g in (list(v) for _, v in groupby(sorted(rows.tolist(), key=exact_of), key=exact_of)) if len(g) > 1]
+    exact = sorted(sorted(fp.paths[r] for r in g) for g in by_hash)
     # Flat images (one grey level) have no perceptual hash; the exact hash groups them.
-    search = np.flatnonzero(np.abs(fp.coefs[rows, hashing.CENTRE]).sum(axis=1) > 0)
-    coefs = fp.coefs[rows[search]]
-    mu = hashing.dataset_mean(coefs)
-    hashes = hashing.perceptual_hashes(coefs, mu)
+    search, mu, hashes = _perceptual(fp, rows)
     owner = np.repeat(np.arange(len(search)), hashes.shape[1])
     i, j, _ = hashing.near_pairs(hashes[:, hashing.CENTRE], hashes.ravel(), owner, max_hamming)
     candidates = len(i)
-    close = hashing.coefficient_cosines(coefs, mu, i, j) >= hashing.MIN_COSINE
+    sel = rows[search]
+    # Candidates pair any two images: their rows are read at random, so the pages are released as they go.
+    close = hashing.coefficient_cosines(PagedRows(fp.coefs), mu, sel[i], sel[j]) >= hashing.MIN_COSINE
     i, j = i[close], j[close]
-    ok = hashing.pair_correlations(fp.thumbs[rows[search]], i, j) >= min_correlation
+    ok = hashing.pair_correlations(PagedRows(fp.thumbs), sel[i], sel[j]) >= min_correlation
+    release_pages(fp.coefs)
+    release_pages(fp.thumbs)
     i, j = search[i[ok]], search[j[ok]]
-    ex_i = [g[0] for g in by_hash.values() if len(g) > 1 for _ in g[1:]]
-    ex_j = [m for g in by_hash.values() if len(g) > 1 for m in g[1:]]
-    pos = {r: k for k, r in enumerate(rows.tolist())}
-    all_i = np.concatenate([i, np.array([pos[r] for r in ex_i], np.int64)])
-    all_j = np.concatenate([j, np.array([pos[r] for r in ex_j], np.int64)])
+    ex_i = [g[0] for g in by_hash for _ in g[1:]]
+    ex_j = [m for g in by_hash for m in g[1:]]
+    all_i = np.concatenate([i, np.searchsorted(rows, np.array(ex_i, np.int64))])  # rows -> positions in `rows`
+    all_j = np.concatenate([j, np.searchsorted(rows, np.array(ex_j, np.int64))])
     near = sorted(sorted(fp.paths[rows[k]] for k in g) for g in _components(len(rows), all_i, all_j))
     return Duplicates(exact, near, int(ok.sum()), candidates,
                       {"max_hamming": max_hamming, "min_cosine": hashing.MIN_COSINE, "min_correlation": min_correlation})
+
+
+CHUNK = 4096  # images whose coefficients are read at once
+
+
+def _perceptual(fp: Fingerprints, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions in `rows` of the images with a perceptual hash, the dataset mean, their hashes),
+    reading the memmapped coefficients a chunk at a time."""
+    search, total = [], np.zeros(hashing.HASH_BITS, np.float64)
+    for s in range(0, len(rows), CHUNK):
+        centre = np.asarray(fp.coefs[rows[s : s + CHUNK], hashing.CENTRE])
+        keep = np.abs(centre).sum(axis=1) > 0
+        search.append(s + np.flatnonzero(keep))
+        total += centre[keep].sum(axis=0, dtype=np.float64)
+        release_pages(fp.coefs)
+    search_a = np.concatenate(search) if search else np.zeros(0, np.int64)
+    mu = (total / max(1, len(search_a))).astype(np.float32)
+    mu[hashing.ODD_COLUMNS] = 0.0  # as hashing.dataset_mean: mirror-symmetric
+    hashes = np.zeros((len(search_a), len(hashing.ANGLES)), np.uint64)
+    for s in range(0, len(search_a), CHUNK):
+        hashes[s : s + CHUNK] = hashing.perceptual_hashes(np.asarray(fp.coefs[rows[search_a[s : s + CHUNK]]]), mu)
+        release_pages(fp.coefs)
+    return search_a, mu, hashes
 
 
 def _member(r: Record | None, path: str) -> dict:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import signal
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -23,6 +25,7 @@ from .images import UnreadableImage, load_for_model
 from .images import storage_path
 
 CACHE_VERSION = 1
+RELEASE_BYTES = 32 << 20  # memmap pages read or written between two releases (see release_pages)
 
 
 CACHE_FIX = "set MEDCLASSIFY_CACHE to a writable folder with free space (e.g. export MEDCLASSIFY_CACHE=/tmp/medclassify-cache)."
@@ -92,6 +95,74 @@ def map_files(fn: Callable, jobs: Sequence, workers: int | None = None) -> Itera
         yield from map(fn, jobs)
 
 
+def release_pages(arr: np.ndarray) -> None:
+    """Unmap the pages of a memmap that this process has touched. Pages of a mapped file count in the
+    process's RSS until the kernel wants them back, so a pass over a 100,000-image cache would show
+    the whole cache as resident; released, they stay in the page cache and the next read maps them
+    again. Written (dirty) pages of the shared mapping are kept by the page cache and written back."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
+class PagedRows:
+    """Row reads (`rows[indices]`, `rows[indices, ...]`) from a memmapped .npy that leave nothing
+    mapped: integer rows are read with pread into a fresh array, so the resident set is the batch,
+    not the file (a mapped read of one random row maps the 64 KB around it, and those pages stay
+    counted in RSS). Other indexes read the memmap and release its pages every RELEASE_BYTES.
+    Safe across threads."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+        self.shape, self.dtype = images.shape, images.dtype
+        self._row_bytes = int(np.prod(images.shape[1:], dtype=np.int64)) * images.dtype.itemsize
+        self._fd = None
+        if isinstance(getattr(images, "base", None), mmap.mmap) and images.flags.c_contiguous and getattr(images, "filename", None):
+            with contextlib.suppress(OSError):  # the file is gone (the entry was replaced): read the mapping
+                self._fd = os.open(images.filename, os.O_RDONLY)
+        self._read = 0
+        self._lock = threading.Lock()
+
+    def __del__(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows, rest = (index[0], index[1:]) if isinstance(index, tuple) else (index, ())
+        rows = np.asarray(rows)
+        if self._fd is not None and rows.ndim == 1 and rows.dtype.kind in "iu":
+            out = self._pread(rows)
+            return out[(slice(None),) + rest] if rest else out
+        out = np.asarray(self.images[index])
+        with self._lock:
+            self._read += max(out.nbytes, np.size(rows) * 16 * mmap.PAGESIZE)  # a fault maps up to 16 pages
+            if self._read >= RELEASE_BYTES:
+                self._read = 0
+                release_pages(self.images)
+        return out
+
+    def _pread(self, rows: np.ndarray) -> np.ndarray:
+        n = len(self.images)
+        rows = np.where(rows < 0, rows + n, rows).astype(np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= n):
+            raise IndexError(f"row index out of range for {n} rows")
+        out = np.empty((len(rows),) + self.shape[1:], self.dtype)
+        if not len(rows):
+            return out
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive rows: one read each
+        for a, b in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(rows)].tolist()):
+            want = (b - a) * self._row_bytes
+            got = os.preadv(self._fd, [memoryview(flat[a:b]).cast("B")], self.images.offset + int(rows[a]) * self._row_bytes)
+            if got != want:
+                raise OSError(f"short read from {self.images.filename} ({got} of {want} bytes)")
+        return out
+
+
 @dataclass
 class ImageCache:
     directory: Path
@@ -105,6 +176,10 @@ class ImageCache:
 
     def rows(self, paths: Sequence[str]) -> np.ndarray:
         return np.fromiter((self.row_of[p] for p in paths), dtype=np.int64, count=len(paths))
+
+    def reader(self) -> PagedRows:
+        """`images` for reading rows in batches with a bounded resident set (see PagedRows)."""
+        return PagedRows(self.images)
 
     @property
     def hit(self) -> bool:
@@ -149,15 +224,19 @@ def build_cache(
         row_of = {p: i for i, p in enumerate(paths)}
         jobs = [(p, size, resize_mode, channels) for p in paths]
         done = 0
+        per_release = max(1, RELEASE_BYTES // (size * size * channels))
         for path, img, err, passing in map_files(_decode_one, jobs, workers):
             done = _store(arr, row_of, errors, path, img, err, done, len(paths), progress)
             if passing:
                 transient.append(path)
+            if done % per_release == 0:
+                arr.flush()
+                release_pages(arr)
         arr.flush()
         del arr
         write_json(building / "index.json", {"version": CACHE_VERSION, "paths": paths, "errors": errors,
                                             "transient": sorted(transient),
-                                            "size": size, "resize": resize_mode, "channels": channels})
+                                            "size": size, "resize": resize_mode, "channels": channels}, stream=True)
     cache = _open(final)
     cache.build_seconds = time.perf_counter() - t0
     return cache
@@ -206,5 +285,5 @@ def retry_transient(cache: ImageCache, size: int, resize_mode: str, channels: in
     del images
     meta = json.loads((cache.directory / "index.json").read_text())
     meta.update(errors=errors, transient=transient)
-    write_json(cache.directory / "index.json", meta)
+    write_json(cache.directory / "index.json", meta, stream=True)
     return _open(cache.directory)

@@ -1,7 +1,9 @@
 """One pass over every image of a dataset, cached: what the audit and the EDA need of each file
 (size, stored mode, grey content, exact and perceptual hashes, thumbnail, intensity statistics).
 Cached under <cache>/audit/<key>, keyed like the image cache by the file list (paths, sizes, mtimes),
-so a second audit of an unchanged dataset decodes nothing."""
+so a second audit of an unchanged dataset decodes nothing. The per-image thumbnails and coefficients
+(4 KB an image) are memmaps in that entry, written and read with their pages released, so memory
+does not grow with the dataset."""
 
 from __future__ import annotations
 
@@ -13,12 +15,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..io import OutputError, write_json
+from ..io import write_json
 from . import hashing
-from .cache import cache_entry, cache_root, files_key, map_files, writable_cache_folder
+from .cache import RELEASE_BYTES, cache_entry, cache_root, files_key, map_files, release_pages, writable_cache_folder
 from .images import UnreadableImage, decode, is_gray_content, stored_mode
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: thumbnails and coefficients as memmapped .npy files
 HIST_BINS = 16
 
 
@@ -32,13 +34,14 @@ class Fingerprints:
     gray: np.ndarray  # bool: single-channel content (even when stored as RGB)
     channels: np.ndarray  # channels of the decoded array: 1 or 3
     exact: list[str]  # SHA-1 of decoded pixels ("" when unreadable)
-    thumbs: np.ndarray  # (n, THUMB, THUMB) uint8
-    coefs: np.ndarray  # (n, len(ANGLES), 64) float32
+    thumbs: np.ndarray  # (n, THUMB, THUMB) uint8, memmap
+    coefs: np.ndarray  # (n, len(ANGLES), 64) float32, memmap
     mean: np.ndarray  # grey mean intensity 0..255
     std: np.ndarray
     hist: np.ndarray  # (n, HIST_BINS) fraction of pixels per grey-level bin
     directory: Path | None = None
     hit: bool = False
+    transient: bool = False  # a file failed for a reason that may pass: the next audit fingerprints again
 
     @property
     def readable(self) -> np.ndarray:
@@ -75,52 +78,69 @@ def compute_fingerprints(paths: Sequence[str], workers: int | None = None,
     final = (root or cache_root()) / "audit" / key
     if (final / "meta.json").is_file():
         try:
-            return _load(final)
+            fp = _load(final)
+            if not fp.transient:
+                return fp
         except (OSError, ValueError, KeyError):
-            shutil.rmtree(final, ignore_errors=True)
+            pass
+        shutil.rmtree(final, ignore_errors=True)
     writable_cache_folder(final.parent)  # before the pass over every image, not after it
     n = len(paths)
     row = {p: i for i, p in enumerate(paths)}
-    fp = Fingerprints(paths, {}, np.zeros(n, np.int32), np.zeros(n, np.int32), ["?"] * n, np.zeros(n, bool),
-                      np.zeros(n, np.int8), [""] * n, np.zeros((n, hashing.THUMB, hashing.THUMB), np.uint8),
-                      np.zeros((n, len(hashing.ANGLES), hashing.HASH_BITS), np.float32), np.zeros(n, np.float32),
-                      np.zeros(n, np.float32), np.zeros((n, HIST_BINS), np.float32))
+    small = {"width": np.zeros(n, np.int32), "height": np.zeros(n, np.int32), "gray": np.zeros(n, bool),
+             "channels": np.zeros(n, np.int8), "mean": np.zeros(n, np.float32), "std": np.zeros(n, np.float32),
+             "hist": np.zeros((n, HIST_BINS), np.float32)}
+    mode, exact, errors = ["?"] * n, [""] * n, {}
     transient = False
-    for done, (path, info, err, passing) in enumerate(map_files(_one, paths, workers), start=1):
-        i = row[path]
-        transient |= passing
-        if err is not None:
-            fp.errors[path] = err
-        else:
-            fp.width[i], fp.height[i], fp.mode[i], fp.gray[i] = info["width"], info["height"], info["mode"], info["gray"]
-            fp.channels[i], fp.exact[i], fp.thumbs[i], fp.coefs[i] = info["channels"], info["exact"], info["thumb"], info["coefs"]
-            fp.mean[i], fp.std[i], fp.hist[i] = info["mean"], info["std"], info["hist"]
-        if progress:
-            progress(done, n)
-    if not transient:  # a permission or I/O error may pass: the next audit must look again
-        _save(fp, final)
+    with cache_entry(final) as building:
+        thumbs = np.lib.format.open_memmap(building / "thumbs.npy", mode="w+", dtype=np.uint8,
+                                           shape=(n, hashing.THUMB, hashing.THUMB))
+        coefs = np.lib.format.open_memmap(building / "coefs.npy", mode="w+", dtype=np.float32,
+                                          shape=(n, len(hashing.ANGLES), hashing.HASH_BITS))
+        per_release = RELEASE_BYTES // (hashing.THUMB ** 2 + len(hashing.ANGLES) * hashing.HASH_BITS * 4)
+        for done, (path, info, err, passing) in enumerate(map_files(_one, paths, workers), start=1):
+            i = row[path]
+            transient |= passing
+            if err is not None:
+                errors[path] = err
+            else:
+                mode[i], exact[i], thumbs[i], coefs[i] = info["mode"], info["exact"], info["thumb"], info["coefs"]
+                for k, arr in small.items():
+                    arr[i] = info[k]
+            if done % per_release == 0:
+                _release(thumbs, coefs)
+            if progress:
+                progress(done, n)
+        _release(thumbs, coefs)
+        del thumbs, coefs
+        np.savez(building / "arrays.npz", **small)
+        # A permission or I/O error may pass: the entry serves this audit, and the next one looks again.
+        write_json(building / "meta.json", {"version": FINGERPRINT_VERSION, "paths": paths, "errors": errors,
+                                           "mode": mode, "exact": exact, "transient": transient}, stream=True)
+    fp = _load(final)
+    fp.hit = False
+    if transient:
+        fp.directory = None  # not a cache entry: the next audit replaces it
     return fp
 
 
-_ARRAYS = ("width", "height", "gray", "channels", "thumbs", "coefs", "mean", "std", "hist")
+def _release(*arrays: np.ndarray) -> None:
+    for arr in arrays:
+        arr.flush()
+        release_pages(arr)
 
 
-def _save(fp: Fingerprints, final: Path) -> None:
-    try:
-        with cache_entry(final) as building:
-            np.savez(building / "arrays.npz", **{k: getattr(fp, k) for k in _ARRAYS})
-            write_json(building / "meta.json", {"version": FINGERPRINT_VERSION, "paths": fp.paths,
-                                               "errors": fp.errors, "mode": fp.mode, "exact": fp.exact})
-    except OutputError:  # the disk filled up: the fingerprints in memory still serve this audit
-        return
-    fp.directory = final
+_SMALL = ("width", "height", "gray", "channels", "mean", "std", "hist")
 
 
 def _load(directory: Path) -> Fingerprints:
     meta = json.loads((directory / "meta.json").read_text())
+    if meta.get("version") != FINGERPRINT_VERSION:
+        raise ValueError("fingerprint cache of another version")
     with np.load(directory / "arrays.npz") as z:
-        arrays = {k: z[k] for k in _ARRAYS}
-    if len(arrays["width"]) != len(meta["paths"]):
+        arrays = {k: z[k] for k in _SMALL}
+    arrays.update({k: np.load(directory / f"{k}.npy", mmap_mode="r") for k in ("thumbs", "coefs")})
+    if any(len(a) != len(meta["paths"]) for a in arrays.values()):
         raise ValueError("fingerprint cache index and arrays disagree")
     return Fingerprints(meta["paths"], meta["errors"], mode=meta["mode"], exact=meta["exact"], directory=directory,
-                        hit=True, **arrays)
+                        hit=True, transient=bool(meta.get("transient")), **arrays)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from itertools import combinations
+from itertools import combinations, product
 
 import numpy as np
 from PIL import Image
@@ -122,8 +122,8 @@ def dataset_mean(coefs: np.ndarray) -> np.ndarray:
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:
     """(..., 64) bool -> (...) uint64, bit i of the integer = bits[..., i]."""
-    weights = (np.uint64(1) << np.arange(HASH_BITS, dtype=np.uint64))
-    return (bits.astype(np.uint64) * weights).sum(axis=-1, dtype=np.uint64)
+    packed = np.packbits(bits, axis=-1, bitorder="little")  # byte k holds bits 8k..8k+7, LSB first
+    return np.ascontiguousarray(packed).view("<u8")[..., 0].astype(np.uint64)
 
 
 def perceptual_hashes(coefs: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -143,13 +143,14 @@ def _masks(bits: int, radius: int) -> np.ndarray:
 
 
 def near_pairs(queries: np.ndarray, index: np.ndarray | None = None, owner: np.ndarray | None = None,
-               max_distance: int = MAX_HAMMING, mirror: bool = True, chunk: int = 2_000_000):
+               max_distance: int = MAX_HAMMING, mirror: bool = True, chunk: int = 500_000, query_chunk: int = 16384):
     """Pairs of images (i < j) whose hashes are within `max_distance` bits.
 
     `queries[i]` is image i's hash; `index` holds any number of hashes per image (rotations), image
     `owner[k]` for `index[k]` (default: the queries themselves). A query also matches as its mirror.
     Returns (i, j, distance) int64 arrays, each pair once with its smallest distance. Exact for any
-    `max_distance`: every block is probed with all keys within radius max_distance // 4."""
+    `max_distance`: every block is probed with all keys within radius max_distance // 4. Queries are
+    probed `query_chunk` at a time, so the candidate arrays stay small however many images there are."""
     q_all = np.ascontiguousarray(queries, dtype=np.uint64)
     idx = q_all if index is None else np.ascontiguousarray(index, dtype=np.uint64).ravel()
     own = np.arange(len(q_all)) if owner is None else np.asarray(owner, dtype=np.int64).ravel()
@@ -166,47 +167,60 @@ def near_pairs(queries: np.ndarray, index: np.ndarray | None = None, owner: np.n
         sub = (idx >> shift) & block
         order = np.argsort(sub, kind="stable")
         sorted_sub = sub[order]
-        for q in query_sets:
-            qsub = (q >> shift) & block
+        for q, q0 in product(query_sets, range(0, n, query_chunk)):
+            qsub = (q[q0 : q0 + query_chunk] >> shift) & block
             for m in masks:
                 keys = qsub ^ m
                 lo = np.searchsorted(sorted_sub, keys, "left")
                 counts = np.searchsorted(sorted_sub, keys, "right") - lo
-                total = int(counts.sum())
-                if total == 0:
-                    continue
-                qi_all = np.repeat(np.arange(n), counts)
-                pos_all = np.arange(total) + np.repeat(lo - np.cumsum(counts) + counts, counts)
-                for s in range(0, total, chunk):
-                    qi, k = qi_all[s : s + chunk], order[pos_all[s : s + chunk]]
-                    tj = own[k]
-                    d = hamming(q[qi], idx[k])
-                    ok = (d <= max_distance) & (qi != tj)
-                    qi, tj, d = qi[ok], tj[ok], d[ok]
-                    found_key.append(np.minimum(qi, tj).astype(np.int64) * n + np.maximum(qi, tj))
-                    found_d.append(d.astype(np.int64))
+                ends = np.cumsum(counts)
+                start = 0
+                while start < len(keys):  # runs of queries with at most `chunk` candidates (alike images crowd a bucket)
+                    end = max(start + 1, int(np.searchsorted(ends, ends[start] - counts[start] + chunk, "right")))
+                    c = counts[start:end]
+                    total = int(c.sum())
+                    if total:
+                        qi = q0 + start + np.repeat(np.arange(end - start), c)
+                        k = order[np.arange(total) + np.repeat(lo[start:end] - np.cumsum(c) + c, c)]
+                        tj = own[k]
+                        d = hamming(q[qi], idx[k])
+                        ok = (d <= max_distance) & (qi != tj)
+                        qi, tj, d = qi[ok], tj[ok], d[ok]
+                        found_key.append(np.minimum(qi, tj).astype(np.int64) * n + np.maximum(qi, tj))
+                        found_d.append(d.astype(np.int64))
+                    start = end
+            if len(found_key) > 1:  # a pair is found once per rotation, mirror and block: keep each once as we go
+                keys, dists = _smallest_per_pair(np.concatenate(found_key), np.concatenate(found_d))
+                found_key, found_d = [keys], [dists]
     if not found_key:
         return empty, empty, empty
-    keys, dists = np.concatenate(found_key), np.concatenate(found_d)
-    order = np.lexsort((dists, keys))  # per pair, keep its smallest distance
-    keys, dists = keys[order], dists[order]
-    first = np.ones(len(keys), bool)
-    first[1:] = keys[1:] != keys[:-1]
-    keys, dists = keys[first], dists[first]
+    keys, dists = _smallest_per_pair(found_key[0], found_d[0])
     return keys // n, keys % n, dists
 
 
-def coefficient_cosines(coefs: np.ndarray, mu: np.ndarray, i: np.ndarray, j: np.ndarray, batch: int = 65536) -> np.ndarray:
+def _smallest_per_pair(keys: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((dists, keys))
+    keys, dists = keys[order], dists[order]
+    first = np.ones(len(keys), bool)
+    first[1:] = keys[1:] != keys[:-1]
+    return keys[first], dists[first]
+
+
+def coefficient_cosines(coefs: np.ndarray, mu: np.ndarray, i: np.ndarray, j: np.ndarray, batch: int = 4096) -> np.ndarray:
     """Cosine of image i's mean-free coefficients with image j's, the best over j's stored rotations
-    and the mirror."""
-    a = coefs - mu
-    a /= np.linalg.norm(a, axis=-1, keepdims=True) + 1e-9
+    and the mirror. `coefs` may be a memmap: only the rows of each batch of pairs are read."""
     sign = np.where(ODD_COLUMNS, -1.0, 1.0).astype(np.float32)
     out = np.zeros(len(i), np.float32)
     for s in range(0, len(i), batch):
-        q, t = a[i[s : s + batch], CENTRE], a[j[s : s + batch]]
+        q, t = _mean_free(coefs[i[s : s + batch], CENTRE], mu), _mean_free(coefs[j[s : s + batch]], mu)
         out[s : s + batch] = np.maximum(np.einsum("bp,bkp->bk", q, t).max(1), np.einsum("bp,bkp->bk", q * sign, t).max(1))
     return out
+
+
+def _mean_free(c: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    a = c - mu
+    a /= np.linalg.norm(a, axis=-1, keepdims=True) + 1e-9
+    return a
 
 
 @lru_cache(maxsize=1)
@@ -247,14 +261,15 @@ def _standardise(v: np.ndarray) -> np.ndarray:
 
 def pair_correlations(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, batch: int = 2048) -> np.ndarray:
     """For each pair, the best correlation of thumbnail i's disk with thumbnail j's disk under the
-    stored rotations and their mirrors (1.0 for identical content)."""
+    stored rotations and their mirrors (1.0 for identical content). `thumbs` may be a memmap: only
+    the rows of each batch of pairs are read."""
     out = np.zeros(len(i), np.float32)
     if len(i) == 0:
         return out
     idx, wts = _rotation_taps()
-    centre = (thumbs.reshape(len(thumbs), -1)[:, _disk().ravel()]).astype(np.float32)
+    disk = _disk().ravel()
     for s in range(0, len(i), batch):
-        a = _standardise(centre[i[s : s + batch]])  # (b, P), unrotated
+        a = _standardise(thumbs[i[s : s + batch]].reshape(-1, THUMB * THUMB)[:, disk].astype(np.float32))  # unrotated
         xj = thumbs[j[s : s + batch]].reshape(-1, THUMB * THUMB).astype(np.float32)
         best = np.full(len(a), -1.0, np.float32)
         for k in range(len(idx)):

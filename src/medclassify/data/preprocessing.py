@@ -44,8 +44,8 @@ class Preprocessing(BaseModel):
             return (x - mu) / sd
         if self.normalize == "equalize":
             x = equalize(x)
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
 
     def __call__(self, batch: np.ndarray) -> torch.Tensor:
@@ -58,7 +58,7 @@ def equalize(x: torch.Tensor, levels: int = 256) -> torch.Tensor:
     the darkest level present (background, padding) stays 0 however much of the image it covers."""
     n = x.shape[0]
     q = (x.clamp(0, 1) * (levels - 1)).round().long().reshape(n, -1)
-    hist = torch.zeros(n, levels, dtype=torch.float32).scatter_add_(1, q, torch.ones_like(q, dtype=torch.float32))
+    hist = torch.zeros(n, levels, dtype=torch.float32, device=x.device).scatter_add_(1, q, torch.ones_like(q, dtype=torch.float32))
     cdf = hist.cumsum(1)
     darkest = cdf.gather(1, (hist > 0).float().argmax(1, keepdim=True))
     lut = ((cdf - darkest) / (cdf[:, -1:] - darkest).clamp_min(1)).clamp_min(0)

@@ -13,7 +13,7 @@ from ..presets import PRESETS, AugmentPreset, get_preset  # noqa: F401  (the tab
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=g) * (hi - lo) + lo
+    return torch.rand(n, generator=g, device=g.device) * (hi - lo) + lo
 
 
 def augment(x: torch.Tensor, preset: AugmentPreset, g: torch.Generator) -> torch.Tensor:
@@ -25,7 +25,7 @@ def augment(x: torch.Tensor, preset: AugmentPreset, g: torch.Generator) -> torch
     if geometric:
         angle = _uniform(n, -preset.rotate_deg, preset.rotate_deg, g) * (math.pi / 180)
         s = _uniform(n, *preset.scale, g)
-        flip = torch.where(torch.rand(n, generator=g) < preset.hflip, -1.0, 1.0)
+        flip = torch.where(torch.rand(n, generator=g, device=g.device) < preset.hflip, -1.0, 1.0)
         tx = _uniform(n, -preset.translate, preset.translate, g) * 2
         ty = _uniform(n, -preset.translate, preset.translate, g) * 2
         cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
@@ -41,5 +41,5 @@ def augment(x: torch.Tensor, preset: AugmentPreset, g: torch.Generator) -> torch
         gam = torch.pow(2.0, _uniform(n, -preset.gamma, preset.gamma, g)).view(n, 1, 1, 1)
         x = x.clamp(1e-4, 1).pow(gam)
     if preset.noise_std:
-        x = x + torch.randn(x.shape, generator=g) * preset.noise_std
+        x = x + torch.randn(x.shape, generator=g, device=g.device) * preset.noise_std
     return x.clamp_(0, 1).contiguous(memory_format=torch.channels_last)

@@ -14,7 +14,7 @@ from ..run import save_weights
 from .metrics import monitor_value
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
-                  "val_macro_f1", "val_auc", "seconds", "train_images_per_s"]
+                  "val_macro_f1", "val_auc", "seconds", "train_images_per_s", "data_wait_share"]
 
 
 class History:

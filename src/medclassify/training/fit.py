@@ -22,7 +22,7 @@ import torch.nn as nn
 from ..version import __version__
 from ..config import TrainConfig
 from ..data.prepare import PreparedData, prepare
-from ..data.transforms import augment, get_preset
+from ..data.transforms import get_preset
 from ..errors import ConfigError, RunError
 from ..engine import Net, predict_rows
 from ..io import read_json_object, write_csv, write_json
@@ -36,6 +36,7 @@ from .checkpoint import (check_resumable, config_snapshot, load_checkpoint, load
                          prefixed, restore_rng, rng_state, save_checkpoint, unprefixed)
 from .freeze import freeze_stages, keep_frozen_eval, stage_modules
 from .imbalance import class_weights, epoch_order
+from .loader import BatchLoader
 from .metrics import compute_metrics
 from .schedule import lr_multiplier
 from .tracking import Tracker, make_tracker
@@ -167,11 +168,14 @@ class Trainer:
         self.val_labels = np.array([cls_index[r.label] for r in val], dtype=np.int64)
         self.prep = data.preprocessing
         self.preset = get_preset(config.augment)
+        self.loader = BatchLoader(data.cache.images, self.train_rows, self.train_labels, self.prep, self.preset,
+                                  self.device, self.rank_batch)
         self.frozen: list[nn.Module] = []
         self.frozen_stages = 0
         self.planned_seconds = 0.0  # under a time budget: when the planned epochs should end, from t_start
         self.tracker: Tracker = Tracker()
         self.selection: dict = {}  # which weights ship (run.json "selection"), set at the end of run()
+        self.history: History | None = None  # the run's, once run() has set it up
 
     def build_model(self) -> nn.Module:
         c = self.config
@@ -190,6 +194,7 @@ class Trainer:
 
     def run(self, writer: RunWriter) -> TrainResult:
         state = self._setup(writer.path)
+        self.history = state.history
         self._describe(state)
         state.t_start = state.t_decay = time.perf_counter()
         self.planned_seconds = self.config.time_budget or 0.0  # until the first-steps calibration
@@ -270,30 +275,23 @@ class Trainer:
         order = self.dist.shard(epoch_order(self.train_labels, c.imbalance if c.imbalance == "sampler" else "none", state.rng))
         loss_sum = correct = seen = 0.0
         t_cal = None
+        t_loop = time.perf_counter()
         with self.reporter.task(f"epoch {epoch}/{state.epochs}", state.steps_per_epoch,
                                 fields="loss {task.fields[loss]:.4f}") as bar:
-            for b in range(state.steps_per_epoch):
-                idx = order[b * self.rank_batch : (b + 1) * self.rank_batch]
-                x, y = self._batch(state, idx)
+            for b, (x, y) in enumerate(self.loader.epoch(order, state.gen)):
                 self._set_lr(state)
                 loss, logits = self._step(state, x, y, epoch)
-                loss_sum += loss.item() * len(idx)
+                loss_sum += loss.item() * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
-                seen += len(idx)
+                seen += len(y)
                 bar.advance(1, loss=loss_sum / seen)
                 if not state.calibrated and b == 1:
                     t_cal = time.perf_counter()
                 if not state.calibrated and t_cal and b == 1 + CALIBRATION_STEPS:
                     self._calibrate(state, t_cal, t_epoch)
-        return {"loss": loss_sum / seen, "accuracy": correct / seen, "images": seen}
-
-    def _batch(self, state: RunState, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.train_rows[idx]
-        sort = np.argsort(rows)
-        x = self.prep.to_tensor(self.data.cache.images[rows[sort]])
-        y = torch.from_numpy(self.train_labels[idx][sort])
-        x = self.prep.normalise(augment(x, self.preset, state.gen)).to(self.device, non_blocking=True)
-        return x, y.to(self.device)
+        # The share of the step loop spent blocked on the next batch: near 0 when the loader keeps up.
+        wait_share = self.loader.wait_s / max(time.perf_counter() - t_loop, 1e-9)
+        return {"loss": loss_sum / seen, "accuracy": correct / seen, "images": seen, "data_wait_share": wait_share}
 
     def _set_lr(self, state: RunState) -> None:
         c = self.config
@@ -350,7 +348,7 @@ class Trainer:
             val_probs, val_logits = self._validate_sharded(state)
         else:
             val_probs, val_logits = predict_rows(Net(state.shipped, device=self.device, amp_dtype=state.amp),
-                                                 self.data.cache.images, self.val_rows, self.prep)
+                                                 self.data.cache.reader(), self.val_rows, self.prep)
         val = compute_metrics(self.val_labels, val_probs, self.classes)
         val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(self.val_labels)))
         return val
@@ -361,7 +359,7 @@ class Trainer:
         self.dist.sync_buffers(state.model, *([state.ema.module] if state.ema else []))
         mine = np.arange(self.dist.rank, len(self.val_rows), self.dist.world)
         probs, logits = predict_rows(Net(state.shipped, device=self.device, amp_dtype=state.amp),
-                                     self.data.cache.images, self.val_rows[mine], self.prep)
+                                     self.data.cache.reader(), self.val_rows[mine], self.prep)
         return self.dist.gather_predictions(len(self.val_rows), mine, probs, logits)
 
     def end_of_epoch(self, state: RunState, folder: Path, epoch: int, train: dict, val: dict, t_epoch: float) -> None:
@@ -386,12 +384,12 @@ class Trainer:
                               "train_accuracy": train["accuracy"], "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                               "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
                               "val_auc": val["auc"], "seconds": time.perf_counter() - t_epoch,
-                              "train_images_per_s": per_s})
+                              "train_images_per_s": per_s, "data_wait_share": train["data_wait_share"]})
         auc = f"{val['auc']:.4f}" if val["auc"] is not None else "n/a"
         eta = eta_text(state.t_loop, epoch - state.done_at_loop, state.epochs - epoch)
         self.reporter.info(f"epoch {epoch}/{state.epochs}: loss {train['loss']:.4f}, val loss {val['loss']:.4f}, "
                            f"val acc {val['accuracy']:.4f}, bal acc {val['balanced_accuracy']:.4f}, AUC {auc}, "
-                           f"{per_s:.1f} img/s{' *' if improved else ''}{eta}")
+                           f"{per_s:.1f} img/s, data wait {train['data_wait_share']:.0%}{' *' if improved else ''}{eta}")
 
     def _plan_next(self, state: RunState, epoch: int, improved: bool) -> None:
         c = self.config
@@ -676,7 +674,9 @@ def _finish_run(writer: RunWriter, config: TrainConfig, reporter: Reporter, trac
         selection=trainer.selection,
         epochs_run=result.epochs_run,
         timings={"prepare_s": round(prep_s, 1), "cache_hit": data.cache.hit,
-                 "cache_build_s": round(data.cache.build_seconds, 1), "train_s": round(result.train_seconds, 1)},
+                 "cache_build_s": round(data.cache.build_seconds, 1), "train_s": round(result.train_seconds, 1),
+                 "data_wait_share": [round(r["data_wait_share"], 4) for r in trainer.history.rows
+                                     if r.get("data_wait_share") is not None]},
         warnings=[m for lvl, m in reporter.messages if lvl == "warning"],
     )
     # Decided here, once, on validation, so every later use of the run (evaluate, predict, serve) agrees;

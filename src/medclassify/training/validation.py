@@ -42,7 +42,7 @@ def score_records(run: Run, records: list[Record], cache: ImageCache | None = No
     temperature = run.temperature
     guard, _ = load_guard(run) if tta == run.tta else (None, "")
     with_features = (features or guard is not None) and has_feature_head(model)
-    out = predict_rows(model, cache.images, cache.rows([r.path for r in readable]), prep, tta=tta, features=with_features)
+    out = predict_rows(model, cache.reader(), cache.rows([r.path for r in readable]), prep, tta=tta, features=with_features)
     logits = out[1]
     probs = softmax(logits, temperature)
     y = np.array([index[r.label] for r in readable])
