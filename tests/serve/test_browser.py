@@ -66,12 +66,30 @@ def _screenshot(page, tmp_path: Path, name: str) -> Path:
     return out
 
 
-def test_real_xray_shows_class_bars_and_notice(page, tmp_path):
+def test_real_xray_is_not_classified_by_a_model_of_generated_shapes(page, tmp_path):
+    """The served run was trained on generated shapes: a real chest X-ray is out of its distribution,
+    so the page says so instead of giving a class."""
     xray = sorted((shared_dataset("chest_xray_fullres_sample") / "PNEUMONIA").glob("*.jpeg"))[0]
-    assert "Research use only" in page.inner_text("#notice")
     page.wait_for_function("document.getElementById('model-line').textContent.includes('version')")
     page.set_input_files("#file", str(xray))
     page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+    assert page.inner_text("#label") == "Not like the training images"
+    assert page.is_visible("#ood") and "does not look like the images the model was trained on" in page.inner_text("#ood")
+    assert page.is_hidden("#bars") and page.inner_text("#confidence") == ""
+    _screenshot(page, tmp_path, "page-xray-ood.png")
+
+
+def test_image_like_the_training_data_shows_class_bars_and_notice(page, small_dataset, tiny_run, tmp_path):
+    from medclassify.inference.predictor import Predictor
+
+    candidates = sorted((Path(small_dataset) / "test").rglob("*.png"))
+    # about 5% of such images fall past the guard's threshold by design: take one that does not
+    image = next(p.path for p in Predictor(tiny_run).predict_paths(candidates) if p.in_distribution)
+    assert "Research use only" in page.inner_text("#notice")
+    page.wait_for_function("document.getElementById('model-line').textContent.includes('version')")
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+    assert page.is_hidden("#ood")
     label = page.inner_text("#label")
     assert label in ("lesion", "normal")
     rows = page.query_selector_all("#bars .bar-row")
@@ -88,7 +106,7 @@ def test_real_xray_shows_class_bars_and_notice(page, tmp_path):
         # drawn over the uploaded image at its own resolution, so it lines up with the preview
         sizes = page.evaluate("[...['heatmap', 'preview']].map(i => document.getElementById(i).naturalWidth)")
         assert sizes[0] > 0 and sizes[0] == sizes[1], sizes
-    _screenshot(page, tmp_path, "page-xray.png")
+    _screenshot(page, tmp_path, "page-result.png")
 
 
 def test_text_file_shows_a_readable_error(page, tmp_path):
