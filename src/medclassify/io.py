@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import io
 import json
 import os
@@ -339,6 +340,15 @@ def check_writable_folder(folder: str | Path, what: str = "--out") -> Path:
     except OSError as e:
         raise _describe_os_error(folder, e, what) from None
     return folder
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks (weights, exported models and guards are checked by it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json_object(path: Path, what: str, fix: str) -> dict:

@@ -13,21 +13,14 @@ pair disagrees (hash mismatch), so a kill there leaves the run on PyTorch, never
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+
+from ..io import file_sha256
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 META_FILE = "export.json"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_export_meta(run_path: Path) -> dict:

@@ -8,7 +8,6 @@ guard that no longer matches (weights changed, file edited) is reported absent, 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from ..data.cache import ImageCache
 from ..data.prepare import load_cache
 from ..data.sources import Record
 from ..engine import Net, has_feature_head, predict_rows
+from ..io import file_sha256
 from ..reporting import Reporter
 from ..run import Run
 from .detector import Detector, fit_detector, load_detector, save_detector, set_threshold
@@ -31,16 +31,8 @@ MAX_FIT_IMAGES = 20000  # training images embedded for the fit (a random subset 
 MAX_REFERENCE = 1000  # held-out images kept as the shift check's reference
 
 
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weights_version(run_path: Path) -> str:
-    return file_hash(Path(run_path) / "model.safetensors")[:12]
+    return file_sha256(Path(run_path) / "model.safetensors")[:12]
 
 
 def embed(run: Run, records: list[Record], cache: ImageCache, model: torch.nn.Module | Net | None = None,
@@ -123,7 +115,7 @@ def store_guard(run: Run, f_train: np.ndarray, labels: np.ndarray, f_held: np.nd
     reference = f_held if len(f_held) <= MAX_REFERENCE else f_held[np.sort(rng.choice(len(f_held), MAX_REFERENCE, replace=False))]
     path = run.path / GUARD_FILE
     save_detector(detector, path, {"reference": reference.astype(np.float32)})
-    record = {"status": "fitted", "method": detector.method, "file": GUARD_FILE, "sha256": file_hash(path),
+    record = {"status": "fitted", "method": detector.method, "file": GUARD_FILE, "sha256": file_sha256(path),
               "weights_version": weights_version(run.path), "tta": run.tta, "features": detector.dim,
               "threshold": detector.threshold, "quantile": quantile, "threshold_on": held_split,
               "train_images": int(len(f_train)), "held_out_images": int(len(f_held)),
@@ -149,7 +141,7 @@ def load_guard(run: Run) -> tuple[Guard | None, str]:
         return None, str(rec.get("reason", "the guard is not fitted"))
     path = run.path / rec.get("file", GUARD_FILE)
     try:
-        if file_hash(path) != rec.get("sha256"):
+        if file_sha256(path) != rec.get("sha256"):
             return None, f"{path.name} does not match run.json (edited or damaged): fit the guard again"
         if rec.get("weights_version") != weights_version(run.path):
             return None, "the guard was fitted on other weights: fit the guard again"

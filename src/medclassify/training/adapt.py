@@ -26,7 +26,7 @@ from ..data.preprocessing import Preprocessing
 from ..engine import forward_images
 from ..errors import DataError, RunError
 from ..ood import fit_guard
-from ..io import OutputError, atomic_dir, check_replaceable_dir, resolved, write_bytes, write_csv
+from ..io import OutputError, atomic_dir, check_replaceable_dir, file_sha256, resolved, write_bytes, write_csv
 from ..reporting import Reporter
 from ..run import Run, load_run, save_weights
 
@@ -231,7 +231,7 @@ def adapt_run(run: Run | str | Path, images: str | Path, out: str | Path, guard:
     pixels = cache.images if np.array_equal(rows, np.arange(len(cache.images))) else cache.images[rows]
     info = adapt_batchnorm(model, pixels, prep, train_shares(run), guard=guard, alpha=alpha, batch_size=batch_size, seed=seed)
     record = {"method": "adabn", "guard": guard, "alpha": alpha, "batch_size": batch_size, "seed": seed,
-              "source_run": str(resolved(run.path)), "source_weights": _sha12(run.path / "model.safetensors"),
+              "source_run": str(resolved(run.path)), "source_weights": file_sha256(run.path / "model.safetensors")[:12],
               "images_folder": str(resolved(folder)), "images": len(readable), "unreadable": len(unreadable),
               "fingerprint": files_key(readable, "adapt"), "train_shares": np.round(train_shares(run), 4).tolist(),
               **info, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
@@ -255,12 +255,3 @@ def adapt_run(run: Run | str | Path, images: str | Path, out: str | Path, guard:
 
     return AdaptResult(out, len(readable), len(unreadable), record)
 
-
-def _sha12(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
