@@ -76,6 +76,9 @@ class TrainConfig(BaseModel):
                                "(end of the schedule) or best (best validation --monitor; noisy on small validation "
                                "splits).")
     average_epochs: int = Field(3, ge=2, description="Epochs averaged by --select average.")
+    bn_refresh_images: int = Field(2048, ge=0, description="Training images (unaugmented) on which the BatchNorm "
+                                   "statistics of averaged weights are re-estimated (--select average); 0 keeps "
+                                   "the averaged statistics.")
     early_stopping: int = Field(0, ge=0, description="Patience in epochs (0: off). It cuts the schedule before its "
                                 "decay ends; use it with --select best.")
     monitor: Literal["balanced_accuracy", "accuracy", "macro_f1", "auc", "loss"] = Field(

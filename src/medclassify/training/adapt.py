@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 import torch.nn as nn
 
 from ..data.cache import build_cache, files_key
@@ -29,6 +28,7 @@ from ..ood import fit_guard
 from ..io import OutputError, atomic_dir, check_replaceable_dir, file_sha256, resolved, write_bytes, write_csv
 from ..reporting import Reporter
 from ..run import Run, load_run, save_weights
+from .batchnorm import apply_statistics, batchnorm_layers, target_statistics
 
 Guard = Literal["reweight", "none"]
 GUARDS: tuple[str, ...] = Guard.__args__
@@ -37,10 +37,6 @@ MAX_WEIGHT = 10.0  # no image counts more than this many times its fair share
 # The run's files that stay valid when only the BatchNorm statistics change; anything else (metrics,
 # report, exported ONNX models, export.json) describes the old weights and is left behind.
 CARRIED = ("config.yaml", "split.csv", "skipped.csv", "history.csv")
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
 def class_weights(probs: np.ndarray, train_shares: np.ndarray) -> np.ndarray:
@@ -68,58 +64,6 @@ def resample(weights: np.ndarray, seed: int = 0) -> np.ndarray:
     return rng.permutation(np.minimum(picks, n - 1))
 
 
-@torch.no_grad()
-def target_statistics(model: nn.Module, images: np.ndarray, order: np.ndarray, prep: Preprocessing,
-                      batch_size: int = 32) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
-    """(mean, unbiased variance) of every BatchNorm layer's input over the images in `order`, pooled
-    over all of them. The pass runs the BatchNorm layers in training mode (each batch normalised by
-    its own statistics, as AdaBN does) and everything else (dropout) in evaluation mode."""
-    layers = batchnorm_layers(model)
-    sums: dict[nn.Module, list] = {m: [0.0, 0.0, 0] for m in layers}
-
-    def hook(module, inputs):
-        x = inputs[0].detach().double()
-        dims = [d for d in range(x.dim()) if d != 1]
-        acc = sums[module]
-        acc[0] = acc[0] + x.sum(dims)
-        acc[1] = acc[1] + (x * x).sum(dims)
-        acc[2] += x.numel() // x.shape[1]
-
-    was_training = model.training
-    model.eval()
-    # training mode moves the running statistics and the batch counter: put them back afterwards
-    saved = {m: (m.running_mean.clone(), m.running_var.clone(),
-                 m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in layers}
-    handles = [m.register_forward_pre_hook(hook) for m in layers]
-    try:
-        for m in layers:
-            m.train()
-        device = next(model.parameters()).device
-        starts = list(range(0, len(order), batch_size))
-        if len(starts) > 1 and len(order) - starts[-1] < 2:
-            starts.pop()  # a batch of one image has no batch statistics: it joins the one before
-        for i, s in enumerate(starts):
-            end = starts[i + 1] if i + 1 < len(starts) else len(order)
-            rows = order[s:end]
-            model(prep(np.asarray(images[np.sort(rows)])).to(device))  # sorted: sequential memmap reads; order is irrelevant to BN
-    finally:
-        for h in handles:
-            h.remove()
-        for m in layers:
-            mean, var, count = saved[m]
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            if count is not None:
-                m.num_batches_tracked.copy_(count)
-        model.train(was_training)
-    out = {}
-    for m, (s1, s2, n) in sums.items():
-        mean = s1 / n
-        var = (s2 / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
-        out[m] = (mean, var)
-    return out
-
-
 def adapt_batchnorm(model: nn.Module, images: np.ndarray, prep: Preprocessing, train_shares: np.ndarray | None,
                     guard: Guard = "reweight", alpha: float = 1.0, batch_size: int = 32, seed: int = 0,
                     probs: np.ndarray | None = None) -> dict:
@@ -145,13 +89,6 @@ def adapt_batchnorm(model: nn.Module, images: np.ndarray, prep: Preprocessing, t
     order = resample(weights, seed) if guard == "reweight" else np.random.default_rng(seed).permutation(n)
     apply_statistics(target_statistics(model, images, order, prep, batch_size), alpha)
     return info
-
-
-def apply_statistics(stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]], alpha: float = 1.0) -> None:
-    """Set each layer's running statistics to (1 - alpha) x its own + alpha x the target's."""
-    for m, (mean, var) in stats.items():
-        m.running_mean.copy_(((1 - alpha) * m.running_mean.double() + alpha * mean).to(m.running_mean.dtype))
-        m.running_var.copy_(((1 - alpha) * m.running_var.double() + alpha * var).to(m.running_var.dtype))
 
 
 def train_shares(run: Run) -> np.ndarray:

@@ -31,6 +31,7 @@ from ..reporting import Reporter
 from ..runtime import autocast_context, choose_amp_dtype
 from ..run import FORMAT_VERSION, RunWriter, load_run, read_split_csv, save_weights, write_split_csv
 from .callbacks import BestCheckpoint, EarlyStopping, History, LastEpochsAverage, WeightAverage
+from .batchnorm import batchnorm_layers, refresh_batchnorm, refresh_rows
 from .distributed import Dist, FollowerWriter, GlobalBatchLoss, node_first, session
 from .checkpoint import (check_resumable, config_snapshot, load_checkpoint, load_optimizer_state, optimizer_state,
                          prefixed, restore_rng, rng_state, save_checkpoint, unprefixed)
@@ -418,12 +419,28 @@ class Trainer:
             kept, selection, epochs_kept = best_epoch, f"best epoch {best_epoch} (val {c.monitor})", [best_epoch]
         elif average and average.epochs:
             selection, epochs_kept = f"average of epochs {average.epochs[0]}-{average.epochs[-1]}", average.epochs
+        refreshed = 0
         if c.select != "best" and self.dist.is_main:
             final = average.apply(shipped) if average else shipped
+            if average and average.epochs and c.bn_refresh_images:
+                refreshed = self._refresh_batchnorm(final)
             # One metadata key: safetensors writes several in a random order, and the file must be byte-identical.
             save_weights(final, folder / "model.safetensors", metadata={"epoch": str(kept)})
         self.selection = {"select": c.select, "epoch": kept, "epochs": epochs_kept}
+        if refreshed:
+            self.selection["bn_refresh_images"] = refreshed
         return TrainResult(folder, kept, done, {}, time.perf_counter() - state.t_start, selection)
+
+    def _refresh_batchnorm(self, model: nn.Module) -> int:
+        """The averaged weights' own BatchNorm statistics, from unaugmented training images
+        (training/batchnorm.py). Returns how many images were read (0: the model has no BatchNorm)."""
+        paths = refresh_rows([r.path for r in self.data.split("train")], self.config.bn_refresh_images)
+        if not batchnorm_layers(model) or len(paths) < 2:
+            return 0
+        images = self.data.cache.reader()[self.data.cache.rows(paths)]
+        refresh_batchnorm(model, images, self.prep)
+        self.reporter.info(f"BatchNorm statistics of the averaged weights re-estimated on {len(paths)} training images.")
+        return len(paths)
 
     def _checkpoint(self, folder: Path, loop: dict, state: RunState) -> None:
         ema, average, scaler = state.ema, state.average, state.scaler
