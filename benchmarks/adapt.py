@@ -130,19 +130,26 @@ def adapted_run(run, paths: list[str], name: str, side: str, args) -> Path:
     out = Path(args.runs_dir) / f"{name}-adapted-on-{side}"
     if args.reuse and (out / "run.json").is_file():
         a = json.loads((out / "run.json").read_text()).get("adaptation", {})
-        if (a.get("guard"), a.get("alpha"), a.get("seed"), a.get("images"), a.get("source_run")) == \
-                (args.guard, args.alpha, args.seed, len(paths), str(Path(run.path).resolve())):
+        if (a.get("guard"), a.get("alpha"), a.get("seed"), a.get("images"), a.get("source_run"), a.get("when")) == \
+                (args.guard, args.alpha, args.seed, len(paths), str(Path(run.path).resolve()), args.when):
             return out
     folder = link_folder(Path(args.runs_dir) / "images" / f"{name}-half{side}", paths)
     return adapt_run(run, folder, out, guard=args.guard, alpha=args.alpha, overwrite=True, seed=args.seed,
-                     refit_ood=False).run_dir
+                     refit_ood=False, when=args.when).run_dir
+
+
+def adaptation_of(run_dir: Path) -> dict:
+    """Whether the verb adapted (its shift check of the adaptation half), from the new run's record."""
+    a = json.loads((run_dir / "run.json").read_text())["adaptation"]
+    return {"applied": a.get("applied", True), "adaptation_half_p_value": (a.get("shift") or {}).get("p_value")}
 
 
 def same_site_rows(run, model, args) -> list[dict]:
     """The no-shift case: the run's own validation split (drawn from the training images) halved the
-    same way, adapted on one half with the chosen settings and scored on the other (in memory)."""
+    same way, adapted on one half by the verb with the chosen settings and scored on the other. The
+    guard's reference is the validation split itself, so the verb's own check finds no shift."""
     from medclassify.data.cache import build_cache
-    from medclassify.training.adapt import adapt_batchnorm, train_shares
+    from medclassify.run import load_run
 
     records = run.records("val")
     prep = run.preprocessing
@@ -157,14 +164,15 @@ def same_site_rows(run, model, args) -> list[dict]:
     rows = []
     for adapt_on, score_on, label in ((a, b, ("A", "B")), (b, a, ("B", "A"))):
         shift, p_value = shift_of(guard, feats[score_on] if guard else None, feats[adapt_on] if guard else None)
-        m = copy.deepcopy(model)
-        adapt_batchnorm(m, pixels[adapt_on], prep, train_shares(run), guard=args.guard, alpha=args.alpha, seed=args.seed)
+        run_dir = adapted_run(run, [records[i].path for i in adapt_on], f"{run.info['data']['root'].rstrip('/').split('/')[-1]}-val",
+                              label[0], args)
+        m = load_run(run_dir).build_model()
         after, before = scores(y[score_on], predictions(m, pixels[score_on], prep, run.tta)), scores(y[score_on], source_pred[score_on])
         rows.append({"split": "val", "adapted_on": label[0], "scored_on": label[1], "n": len(score_on),
                      "accuracy": {"source": before["accuracy"], "adapted": after["accuracy"]},
                      "balanced_accuracy": {"source": before["balanced_accuracy"], "adapted": after["balanced_accuracy"]},
                      "delta_accuracy_points": round(100 * (after["accuracy"] - before["accuracy"]), 2), "shift_detected": shift,
-                     "shift_p_value": p_value})
+                     "shift_p_value": p_value, **adaptation_of(run_dir)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -203,7 +211,7 @@ def bench_run(run_path: Path, args) -> dict:
                             "accuracy": {"source": before["accuracy"], "adapted": after["accuracy"]},
                             "balanced_accuracy": {"source": before["balanced_accuracy"], "adapted": after["balanced_accuracy"]},
                             "delta_accuracy_points": round(100 * (after["accuracy"] - before["accuracy"]), 2),
-                            "shift_detected": shift, "shift_p_value": p_value, "adapted_run": str(run_dir),
+                            "shift_detected": shift, "shift_p_value": p_value, "adapted_run": str(run_dir), **adaptation_of(run_dir),
                             "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(out["rows"][-1]), flush=True)
     if args.val:
@@ -236,16 +244,18 @@ def bench_run(run_path: Path, args) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = [f"{'dataset':16s} {'adapt->score':12s} {'n':>5s} {'acc src':>8s} {'acc adapt':>9s} {'bal src':>8s} {'bal adapt':>9s}"]
+    lines = [f"{'dataset':16s} {'adapt->score':12s} {'n':>5s} {'acc src':>8s} {'acc adapt':>9s} {'bal src':>8s} {'bal adapt':>9s} {'adapted':>8s}"]
     for r in results:
         for row in r["rows"]:
             lines.append(f"{r['dataset']:16s} {row['adapted_on'] + '->' + row['scored_on']:12s} {row['n']:5d} "
                          f"{100 * row['accuracy']['source']:7.1f}% {100 * row['accuracy']['adapted']:8.1f}% "
-                         f"{100 * row['balanced_accuracy']['source']:7.1f}% {100 * row['balanced_accuracy']['adapted']:8.1f}%")
+                         f"{100 * row['balanced_accuracy']['source']:7.1f}% {100 * row['balanced_accuracy']['adapted']:8.1f}% "
+                         f"{'yes' if row.get('applied', True) else 'no shift':>8s}")
         for row in r.get("val_rows", []):
             lines.append(f"{r['dataset']:16s} val {row['adapted_on'] + '->' + row['scored_on']:8s} {row['n']:5d} "
                          f"{100 * row['accuracy']['source']:7.1f}% {100 * row['accuracy']['adapted']:8.1f}% "
-                         f"{100 * row['balanced_accuracy']['source']:7.1f}% {100 * row['balanced_accuracy']['adapted']:8.1f}%")
+                         f"{100 * row['balanced_accuracy']['source']:7.1f}% {100 * row['balanced_accuracy']['adapted']:8.1f}% "
+                         f"{'yes' if row.get('applied', True) else 'no shift':>8s}")
         for row in r.get("compare", []):
             cells = " ".join(f"{k} {100 * row[k]['accuracy']:.1f}/{100 * row[k]['balanced_accuracy']:.1f}"
                              for k in ["source", *VARIANTS])
@@ -259,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", default="/tmp/adapt-runs", help="Where the adapted runs and the halves' link folders go.")
     p.add_argument("--guard", default="reweight")
     p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--when", default="shift", help="adapt's --when: shift (the default: only when the adaptation "
+                                                    "half differs from training) or always")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", action="store_true", help="Also compare plain AdaBN, the guard and alpha (in memory).")
     p.add_argument("--reuse", action="store_true", help="Reuse adapted runs under --runs-dir made with the same settings.")
@@ -294,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     drops = [(r["dataset"], row.get("split", "test"), row["adapted_on"], row["delta_accuracy_points"]) for r in results
              for row in r["rows"] + r.get("val_rows", []) if row["delta_accuracy_points"] < -1]
     write_json(args.out, {"benchmark": "adapt", "commands": commands,
-                          "method": {"guard": args.guard, "alpha": args.alpha, "seed": args.seed},
+                          "method": {"guard": args.guard, "alpha": args.alpha, "seed": args.seed, "when": args.when},
                           "halves": "official test split, each class shuffled (seed) and cut in two; labels only make the "
                                     "halves alike and score them, adaptation never reads them",
                           "acceptance": "accuracy must not drop by more than 1 point on a half where shift_detected is false",

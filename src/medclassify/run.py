@@ -74,6 +74,7 @@ class AdaptationRecord(_Open):
     fingerprint: str
     guard: str
     alpha: float = Field(ge=0, le=1)
+    applied: bool = True  # false: no shift was found, the source's statistics were kept
 
 
 class RunRecord(_Open):

@@ -35,7 +35,7 @@ def new_site(small_dataset, tmp_path_factory):
         dest = out / src.parent.name / f"{src.parent.parent.name}-{src.name}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         pixels = np.asarray(Image.open(src)).astype(np.float64)
-        Image.fromarray((pixels * 0.6 + 30).astype(np.uint8)).save(dest)
+        Image.fromarray((pixels * 0.4 + 10).astype(np.uint8)).save(dest)
     return out
 
 
@@ -57,6 +57,7 @@ def test_adapt_changes_the_batchnorm_statistics_and_nothing_else(run_copy, new_s
     assert record.images == n == result.images and record.method == "adabn" and record.guard == "reweight"
     assert Path(record.images_folder) == new_site.resolve() and Path(record.source_run) == run_copy.resolve()
     assert record.fingerprint and run.info["adaptation"]["bn_layers"] == 5
+    assert record.applied and run.info["adaptation"]["shift"]["shift"] is True  # darker, flatter images: a shift
     assert not (out / "model.onnx").exists() and not (out / "export.json").exists() and not (out / "metrics").exists()
     assert len((out / "adaptation.csv").read_text().splitlines()) == n + 1
     # the source's guard described the source features: the adapted run has its own, fitted again
@@ -159,11 +160,37 @@ def test_bad_input_is_one_line_and_exit_2(run_copy, new_site, tmp_path, capsys):
     from medclassify.cli import main
 
     for args, expected in [((run_copy, notes), "holds no image files"), ((run_copy, tmp_path / "missing"), "does not exist"),
-                           ((run_copy, few), "needs at least"), ((run_copy, new_site, "--guard", "magic"), "Unknown --guard")]:
+                           ((run_copy, few), "needs at least"), ((run_copy, new_site, "--guard", "magic"), "Unknown --guard"),
+                           ((run_copy, new_site, "--when", "sometimes"), "Unknown --when")]:
         assert main(["adapt", *map(str, args), "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and expected in err, (args, err)
     assert not (tmp_path / "out").exists() and (taken / "mine.txt").is_file()
+
+
+def test_no_shift_keeps_the_source_weights_unless_always(run_copy, tmp_path):
+    """Images of the training distribution (the run's own validation split): the shift check finds no
+    shift, so the new run holds the source's weights and guard byte for byte and says why; --when
+    always adapts them anyway."""
+    same_site = tmp_path / "same"
+    for r in load_run(run_copy).records("val") + load_run(run_copy).records("test"):
+        dest = same_site / Path(r.path).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(r.path, dest)
+    code, text = _run_cli(run_copy, same_site, "--out", tmp_path / "kept")
+    assert code == 0 and "no shift found" in text, text
+    kept = load_run(tmp_path / "kept")
+    a = kept.info["adaptation"]
+    assert a["applied"] is False and a["method"] == "none" and a["shift"]["shift"] is False and a["shift"]["p_value"] >= 0.01
+    assert (tmp_path / "kept" / "model.safetensors").read_bytes() == (run_copy / "model.safetensors").read_bytes()
+    guard, reason = load_guard(kept)
+    assert guard is not None, reason
+    from medclassify.reports.report import _configuration
+
+    assert "not adapted: no shift found" in dict(_configuration(kept))["adapted"]
+    forced = adapt_run(run_copy, same_site, tmp_path / "forced", when="always")
+    assert forced.record["applied"] is True and forced.record["shift"]["shift"] is False
+    assert (tmp_path / "forced" / "model.safetensors").read_bytes() != (run_copy / "model.safetensors").read_bytes()
 
 
 def test_adapted_run_evaluates_with_the_source_temperature(run_copy, new_site, tmp_path):

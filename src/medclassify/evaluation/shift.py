@@ -18,37 +18,12 @@ from ..data.listing import list_image_files
 from ..data.prepare import load_cache
 from ..data.sources import Record, scan_folder
 from ..errors import DataError, MedClassifyError, RunError
-from ..ood import Guard, embed, load_guard
-from ..ood.twosample import mmd_test
+from ..ood import embed, load_guard
+from ..ood.twosample import ALPHA, shift_from_features, shift_sentence
 from ..reporting import Reporter
 from ..run import Run, load_run
 
-ALPHA = 0.01  # p-value under which the image set is said to differ from the training distribution
-
-
-def shift_from_features(guard: Guard, features: np.ndarray, name: str, seed: int = 0) -> dict:
-    """The shift check of an image set's features against the guard's reference."""
-    scores, inside = guard.flags(features)
-    expected = 1 - float(guard.info.get("quantile", 0.95))
-    out = {"status": "checked", "name": name, "images": int(len(features)), "flagged": float((~inside).mean()),
-           "expected_flagged": round(expected, 6), "reference": guard.info.get("threshold_on", "val"),
-           "reference_images": int(len(guard.reference))}
-    test = mmd_test(guard.reference, features, seed=seed)
-    out.update(test=test, p_value=test["p_value"], shift=bool(test["p_value"] < ALPHA), alpha=ALPHA)
-    out["message"] = shift_sentence(out)
-    return out
-
-
-def shift_sentence(check: dict) -> str:
-    if check.get("status") != "checked":
-        return f"No shift check: {check.get('reason', 'the run has no out-of-distribution guard')}."
-    rate = f"{check['flagged']:.0%} of its images are flagged as out-of-distribution ({check['expected_flagged']:.0%} expected)"
-    p = f"MMD two-sample test p = {check['p_value']:.3g}"
-    if check["shift"]:
-        return (f"The {check['name']} images differ from the training distribution ({p}; {rate}): "
-                f"validation figures will overstate {check['name']} figures.")
-    return f"No shift detected between the {check['name']} images and the training distribution ({p}; {rate})."
-
+__all__ = ["ALPHA", "check_data", "image_set", "shift_check", "shift_from_features", "shift_sentence"]
 
 def shift_check(run: Run, records: list[Record], name: str, reporter: Reporter | None = None, seed: int = 0,
                 features: np.ndarray | None = None) -> dict:

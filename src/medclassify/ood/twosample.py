@@ -1,10 +1,15 @@
-"""A two-sample test on features: maximum mean discrepancy (MMD, Gretton et al. 2012) with a Gaussian
+"""The shift check's test on features: maximum mean discrepancy (MMD, Gretton et al. 2012) with a Gaussian
 kernel on L2-normalised features (bandwidth: the median pairwise distance), and a permutation p-value
 with a fixed seed, so the same images always give the same answer."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .guard import Guard
 
 MAX_PER_SAMPLE = 500  # images drawn from each side: the kernel matrix stays small (1000 x 1000)
 PERMUTATIONS = 1000
@@ -39,3 +44,30 @@ def mmd_test(a: np.ndarray, b: np.ndarray, seed: int = 0, permutations: int = PE
     p = float((1 + (null >= observed - 1e-12).sum()) / (1 + permutations))
     return {"test": "MMD (Gaussian kernel, permutation p-value)", "mmd2": observed, "p_value": p, "n_a": n, "n_b": m,
             "permutations": permutations, "seed": seed, "bandwidth": bandwidth}
+
+
+ALPHA = 0.01  # p-value under which the image set is said to differ from the training distribution
+
+
+def shift_from_features(guard: "Guard", features: np.ndarray, name: str, seed: int = 0) -> dict:
+    """The shift check of an image set's features against the guard's reference."""
+    scores, inside = guard.flags(features)
+    expected = 1 - float(guard.info.get("quantile", 0.95))
+    out = {"status": "checked", "name": name, "images": int(len(features)), "flagged": float((~inside).mean()),
+           "expected_flagged": round(expected, 6), "reference": guard.info.get("threshold_on", "val"),
+           "reference_images": int(len(guard.reference))}
+    test = mmd_test(guard.reference, features, seed=seed)
+    out.update(test=test, p_value=test["p_value"], shift=bool(test["p_value"] < ALPHA), alpha=ALPHA)
+    out["message"] = shift_sentence(out)
+    return out
+
+
+def shift_sentence(check: dict) -> str:
+    if check.get("status") != "checked":
+        return f"No shift check: {check.get('reason', 'the run has no out-of-distribution guard')}."
+    rate = f"{check['flagged']:.0%} of its images are flagged as out-of-distribution ({check['expected_flagged']:.0%} expected)"
+    p = f"MMD two-sample test p = {check['p_value']:.3g}"
+    if check["shift"]:
+        return (f"The {check['name']} images differ from the training distribution ({p}; {rate}): "
+                f"validation figures will overstate {check['name']} figures.")
+    return f"No shift detected between the {check['name']} images and the training distribution ({p}; {rate})."

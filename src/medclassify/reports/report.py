@@ -171,7 +171,11 @@ def _configuration(run: Run) -> list[tuple[str, str]]:
              ("data", c.get("data")), ("created", run.info.get("created")), ("run directory", str(run.path)),
              ("medclassify", run.info.get("medclassify_version"))]
     a = run.info.get("adaptation")
-    if a:  # `medclassify adapt`: the same weights, other BatchNorm statistics
+    if a and a.get("applied") is False:
+        items.append(("adapted", f"not adapted: no shift found between {a.get('images')} images of "
+                                 f"{a.get('images_folder')} and the training distribution (p = "
+                                 f"{(a.get('shift') or {}).get('p_value')}); source run {a.get('source_run')}"))
+    elif a:  # `medclassify adapt`: the same weights, other BatchNorm statistics
         items.append(("adapted", f"BatchNorm statistics re-estimated without labels on {a.get('images')} images of "
                                  f"{a.get('images_folder')} (guard {a.get('guard')}, alpha {a.get('alpha')}); source run "
                                  f"{a.get('source_run')}"))
