@@ -42,6 +42,12 @@ def test_int8_model_is_written_with_its_measured_accuracy(quantized_run):
     # models that agree on a fraction a of the images cannot differ by more than 1 - a in accuracy
     assert abs(check["accuracy_int8"] - check["accuracy_float"]) <= 1 - check["agreement"] + 1e-9
     assert 0 < check["accuracy_float"] <= 1 and check["max_drop"] == 1
+    # the guard's decisions on both models, against the float threshold, are measured and recorded
+    ood = check["ood"]
+    assert ood["threshold"] == json.loads((quantized_run / "run.json").read_text())["ood"]["threshold"]
+    assert 0 <= ood["flagged_float"] <= 1 and 0 <= ood["flagged_int8"] <= 1
+    assert abs(ood["flagged_int8"] - ood["flagged_float"]) <= 1 - ood["flag_agreement"] + 1e-9
+    assert ood["median_rel_score_diff"] >= 0
     assert not list(quantized_run.glob(".*partial*"))
 
 

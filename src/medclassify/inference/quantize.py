@@ -130,10 +130,18 @@ def _section(run: Run, float_pred: Predictor, int8_file: Path, version: str, n_c
     """export.json's int8 section: the file, and both models' answers on the checked images."""
     images = np.stack([float_pred.load(p) for p, _ in checked])
     labels = np.array([y for _, y in checked])
-    p_float = float_pred.probabilities(images)
-    p_int8 = Predictor(run, backend="onnx", onnx_file=int8_file).probabilities(images)
+    p_float, s_float = float_pred.outputs(images)
+    p_int8, s_int8 = Predictor(run, backend="onnx", onnx_file=int8_file).outputs(images)
     acc_float = float((p_float.argmax(1) == labels).mean())
     acc_int8 = float((p_int8.argmax(1) == labels).mean())
+    ood = {}
+    if s_float is not None and s_int8 is not None:
+        # The guard's threshold was fitted on float features; these images are the kind it passes
+        # (about its quantile of them), so a drift of the int8 features shows as more of them flagged.
+        t = float_pred.guard.threshold
+        ood = {"ood": {"threshold": t, "flagged_float": float((s_float > t).mean()), "flagged_int8": float((s_int8 > t).mean()),
+                       "flag_agreement": float(((s_float > t) == (s_int8 > t)).mean()),
+                       "median_rel_score_diff": float(np.median(np.abs(s_int8 - s_float)) / max(abs(t), 1e-12))}}
     return {
         "file": INT8_FILE, "weights_version": version, "sha256": file_sha256(int8_file),
         "format": "QOperator, per-channel int8 weights, uint8 activations",
@@ -142,7 +150,7 @@ def _section(run: Run, float_pred: Predictor, int8_file: Path, version: str, n_c
                   "accuracy_float": acc_float, "accuracy_int8": acc_int8,
                   "agreement": float((p_float.argmax(1) == p_int8.argmax(1)).mean()),
                   "max_abs_probability_diff": float(np.abs(p_float - p_int8).max()),
-                  "mean_abs_probability_diff": float(np.abs(p_float - p_int8).mean()), "max_drop": max_drop},
+                  "mean_abs_probability_diff": float(np.abs(p_float - p_int8).mean()), "max_drop": max_drop, **ood},
         "bytes": int8_file.stat().st_size,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -168,4 +176,7 @@ def _report(reporter: Reporter, section: dict) -> None:
     c = section["check"]
     reporter.info(f"int8 model written ({section['bytes'] / 1e6:.1f} MB); on {c['images']} {c['split']} images: accuracy "
                   f"{100 * c['accuracy_float']:.1f}% float vs {100 * c['accuracy_int8']:.1f}% int8, "
-                  f"{100 * c['agreement']:.1f}% same class.")
+                  f"{100 * c['agreement']:.1f}% same class." + (
+                      f" Out-of-distribution guard (float threshold): {100 * c['ood']['flagged_float']:.1f}% flagged float vs "
+                      f"{100 * c['ood']['flagged_int8']:.1f}% int8, {100 * c['ood']['flag_agreement']:.1f}% same decision."
+                      if "ood" in c else ""))
