@@ -121,6 +121,37 @@ class AdaptResult:
     record: dict
 
 
+def _write_adapted(run: Run, out: Path, model: nn.Module, record: dict, readable: list[str], unreadable: dict[str, str],
+                   reporter: Reporter, refit_ood: bool) -> None:
+    """The new run, in one atomic step: the source's files that stay valid, the adapted (or, when no
+    shift was found, the source's) weights, adaptation.csv and the record."""
+    with atomic_dir(out, replace=out.exists()) as tmp:
+        write_bytes(tmp / "run.json", (run.path / "run.json").read_bytes())
+        for name in CARRIED:
+            if (run.path / name).is_file():
+                write_bytes(tmp / name, (run.path / name).read_bytes())
+        if record["applied"]:
+            save_weights(model, tmp / "model.safetensors")
+        else:  # the same bytes, so the source's guard (tied to the weights' SHA-256) stays valid
+            for name in ("model.safetensors", (run.info.get("ood") or {}).get("file", "ood.safetensors")):
+                if (run.path / name).is_file():
+                    write_bytes(tmp / name, (run.path / name).read_bytes())
+        write_csv(tmp / "adaptation.csv", ["path", "used", "reason"],
+                  [(p, "yes", "") for p in readable] + [(p, "no", r) for p, r in sorted(unreadable.items())])
+        # The source's MLflow run and its export records describe the source weights, not these.
+        adapted = load_run(tmp)
+        calibration = adapted.info.get("calibration")
+        if calibration:  # kept: there are no labels at the new site to fit another on (evaluate keeps it too)
+            calibration = {**calibration, "fitted_on": "val, before adaptation"}
+        if not record["applied"]:
+            adapted.update(adaptation=record, tracking=None, exports=None)
+        else:
+            adapted.update(adaptation=record, tracking=None, exports=None, calibration=calibration,
+                           ood={"status": "unavailable", "reason": "adapted weights; run `medclassify fit-guard` on this run"})
+        if record["applied"] and refit_ood and (run.info.get("ood") or {}).get("status") == "fitted":
+            fit_guard(adapted, reporter, quantile=run.info["ood"].get("quantile"), seed=record["seed"], model=model)
+
+
 def _shift(run: Run, model: nn.Module, cache, rows: np.ndarray, seed: int) -> dict:
     """The shift check of the new images (source weights) against the run's guard reference."""
     guard, reason = load_guard(run)
@@ -209,31 +240,6 @@ def adapt_run(run: Run | str | Path, images: str | Path, out: str | Path, guard:
               "images_folder": str(resolved(folder)), "images": len(readable), "unreadable": len(unreadable),
               "fingerprint": files_key(readable, "adapt"), "train_shares": np.round(train_shares(run), 4).tolist(),
               **info, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    with atomic_dir(out, replace=out.exists()) as tmp:
-        write_bytes(tmp / "run.json", (run.path / "run.json").read_bytes())
-        for name in CARRIED:
-            if (run.path / name).is_file():
-                write_bytes(tmp / name, (run.path / name).read_bytes())
-        if applied:
-            save_weights(model, tmp / "model.safetensors")
-        else:  # the same bytes, so the source's guard (tied to the weights' SHA-256) stays valid
-            for name in ("model.safetensors", (run.info.get("ood") or {}).get("file", "ood.safetensors")):
-                if (run.path / name).is_file():
-                    write_bytes(tmp / name, (run.path / name).read_bytes())
-        write_csv(tmp / "adaptation.csv", ["path", "used", "reason"],
-                  [(p, "yes", "") for p in readable] + [(p, "no", r) for p, r in sorted(unreadable.items())])
-        # The source's MLflow run and its export records describe the source weights, not these.
-        adapted = load_run(tmp)
-        calibration = adapted.info.get("calibration")
-        if calibration:  # kept: there are no labels at the new site to fit another on (evaluate keeps it too)
-            calibration = {**calibration, "fitted_on": "val, before adaptation"}
-        if not applied:
-            adapted.update(adaptation=record, tracking=None, exports=None)
-        else:
-            adapted.update(adaptation=record, tracking=None, exports=None, calibration=calibration,
-                           ood={"status": "unavailable", "reason": "adapted weights; run `medclassify fit-guard` on this run"})
-        if applied and refit_ood and (run.info.get("ood") or {}).get("status") == "fitted":
-            fit_guard(adapted, reporter, quantile=run.info["ood"].get("quantile"), seed=seed, model=model)
-
+    _write_adapted(run, out, model, record, readable, unreadable, reporter, refit_ood)
     return AdaptResult(out, len(readable), len(unreadable), record)
 
