@@ -12,8 +12,9 @@ tensors in safetensors (no pickle), with the method, threshold and k in its meta
 Layered (Lee et al. 2018, feature ensemble): one Mahalanobis detector per slice of the features
 (earlier layers' pooled activations, then the penultimate features); the score is the largest
 ratio of a slice's score to that slice's own threshold, flagged above 1. The penultimate slice's
-threshold is the held-out quantile; each earlier slice's is the largest held-out score, so those
-flag no held-out image and the held-out pass rate stays the quantile."""
+threshold is the held-out quantile; each earlier slice's is the largest held-out score, or their
+mean + 4 standard deviations where that is higher (a few held-out images: their largest score is a
+low quantile), so those flag no held-out image and the held-out pass rate stays the quantile."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 
 METHODS = ("mahalanobis", "knn")
 KNN_K = 10
+EARLY_SPREAD = 4.0  # an earlier layer's threshold: at least its held-out mean + 4 standard deviations
 MAX_BANK = 10000  # training images kept for kNN: scoring one image stays well under a millisecond
 
 
@@ -107,7 +109,8 @@ def fit_layered(features: np.ndarray, labels: np.ndarray, held_out: np.ndarray, 
     for name, width in [*layers, ("penultimate", total - sum(w for _, w in layers))]:
         det = fit_mahalanobis(features[:, start : start + width], labels)
         scores = det.score(held_out[:, start : start + width])
-        det.threshold = float(np.quantile(scores, quantile, method="higher") if name == "penultimate" else scores.max())
+        det.threshold = float(np.quantile(scores, quantile, method="higher") if name == "penultimate"
+                              else max(scores.max(), scores.mean() + EARLY_SPREAD * scores.std()))
         parts.append((name, start, start + width, det))
         start += width
     layered = Layered(parts)
