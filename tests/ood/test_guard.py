@@ -29,6 +29,7 @@ def test_guard_is_fitted_and_stored_at_train_time(tiny_run):
     assert rec["threshold"] == 1.0 and all(x["threshold"] > 0 for x in rec["layers"])
     assert (tiny_run / "ood.safetensors").is_file()
     assert run.record.ood is not None and run.record.ood.threshold == rec["threshold"]
+    assert [x.name for x in run.record.ood.layers] == ["features", "penultimate"] and run.record.ood.combine.startswith("max")
     guard, reason = load_guard(run)
     assert guard is not None and reason == "" and guard.reference.shape[1] == 64  # the shift check's penultimate features
 
