@@ -71,12 +71,12 @@ def half_features(run, pixels: np.ndarray):
 
 def shift_of(guard, features, against=None) -> tuple[bool | None, float | None]:
     """(shift detected, p-value) of a half: against the guard's reference, or against another sample."""
-    from medclassify.evaluation.shift import ALPHA, shift_from_features
-    from medclassify.ood.twosample import mmd_test
+    from medclassify.ood.twosample import ALPHA, mmd_test, shift_from_features
 
     if guard is None:
         return None, None
-    p = mmd_test(against, features)["p_value"] if against is not None else shift_from_features(guard, features, "half")["p_value"]
+    p = (mmd_test(guard.penultimate(against), guard.penultimate(features))["p_value"] if against is not None
+         else shift_from_features(guard, features, "half")["p_value"])
     return bool(p < ALPHA), round(float(p), 4)
 
 

@@ -3,7 +3,10 @@
 For the default-recipe run of each shared dataset (copied to --work before anything is fitted into
 it; the originals are never modified):
   - both detectors (kNN cosine distance and class-conditional Mahalanobis with a shared covariance),
-    fitted on the training images' features and thresholded at --quantile of the validation images;
+    fitted on the training images' penultimate features and thresholded at --quantile of the
+    validation images, and the guard's own detector, "mahalanobis+layers": Mahalanobis on the
+    penultimate features and on each engine.guard_layers layer's pooled activations (ood/detector.py,
+    Layered; benchmarks/ood_layers.py chose the layer);
   - OOD AUROC (own test split vs each foreign set) and the share flagged of: the other shared
     datasets' test images, generated non-medical images (noise, Pillow text renderings, natural
     images from skimage.data with random crops), and the model's own test split;
@@ -185,7 +188,8 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
 
     from medclassify.data.sources import Record
     from medclassify.ood import DEFAULT_METHOD, load_guard
-    from medclassify.ood.detector import METHODS, fit_detector, set_threshold
+    from medclassify.engine import guard_layers
+    from medclassify.ood.detector import METHODS, fit_detector, fit_layered, set_threshold
     from medclassify.ood.guard import store_guard
     from medclassify.ood.twosample import mmd_test
     from medclassify.evaluation.shift import shift_from_features
@@ -208,13 +212,17 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
     print(f"\n== {dataset}: {src}")
     t0 = time.perf_counter()
     train = run.records("train")
+    layers = guard_layers(model)
+    skip = sum(w for _, w in layers)
     if reuse:  # the features a previous run of this script saved (--reuse): only the figures are recomputed
         z = np.load(saved)
         f_train, labels, f_val, f_test = z["train"], z["train_labels"], z["val"], z["test"]
         train_ok = train
         foreign = {k.replace("_test", " test").replace("generated_", "generated "): z[k] for k in z.files
-                   if k not in ("train", "train_labels", "val", "test", "test_labels", "embed_s")}
+                   if k not in ("train", "train_labels", "val", "test", "test_labels", "embed_s", "guard_layers_width")}
         embed_s = float(z["embed_s"]) if "embed_s" in z.files else float("nan")
+        if (int(z["guard_layers_width"]) if "guard_layers_width" in z.files else 0) != skip:
+            layers, skip = [], 0  # features saved before the guard read its layers: the penultimate ones alone
     else:
         f_train, train_ok = features_of(run, train, model, reporter)
         labels = np.array([run.classes.index(r.label) for r in train_ok])
@@ -229,26 +237,35 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
         for kind, paths in generated.items():
             foreign[f"generated {kind}"] = features_of(run, [Record(p, "", None, None) for p in paths], model, reporter)[0]
         np.savez_compressed(saved, train=f_train, train_labels=labels, val=f_val, test=f_test, test_labels=test_labels,
-                            embed_s=embed_s, **{k.replace(" ", "_"): v for k, v in foreign.items()})
+                            embed_s=embed_s, guard_layers_width=skip, **{k.replace(" ", "_"): v for k, v in foreign.items()})
     result = {"run": str(src), "dataset": dataset, "model": run.model_name, "features": int(f_train.shape[1]),
+              "guard_layers": [[n, w] for n, w in layers],
               "images": {"train": len(f_train), "val": len(f_val), "test": len(f_test),
                          **{k: len(v) for k, v in foreign.items()}},
               "train_s": run.info.get("timings", {}).get("train_s"), "embed_train_val_s": round(embed_s, 1), "methods": {}}
-    for method in METHODS:
+    def penultimate(f):
+        return f[:, skip:]
+
+    for method in [*METHODS, *(["mahalanobis+layers"] if layers else [])]:
         t = time.perf_counter()
-        det = fit_detector(method, f_train, labels)
-        val_scores = set_threshold(det, f_val, args.quantile)
+        if method == "mahalanobis+layers":
+            det, val_scores = fit_layered(f_train, labels, f_val, args.quantile, layers)
+            view = lambda f: f  # noqa: E731
+        else:
+            det = fit_detector(method, penultimate(f_train), labels)
+            val_scores = set_threshold(det, penultimate(f_val), args.quantile)
+            view = penultimate
         fit_s = time.perf_counter() - t
-        own = det.score(f_test)
+        own = det.score(view(f_test))
         m = {"fit_detector_s": round(fit_s, 2), "val_flagged": round(float((val_scores > det.threshold).mean()), 4),
              "own_test_flagged": round(float((own > det.threshold).mean()), 4),
-             "score_ms_per_image": round(score_latency_ms(det, f_test[0]), 3), "sets": {}}
+             "score_ms_per_image": round(score_latency_ms(det, view(f_test)[0]), 3), "sets": {}}
         for name, f in foreign.items():
-            s = det.score(f)
+            s = det.score(view(f))
             m["sets"][name] = {"auroc": round(auroc(own, s), 4), "flagged": round(float((s > det.threshold).mean()), 4)}
         result["methods"][method] = m
     t = time.perf_counter()
-    rec = store_guard(run, f_train, labels, f_val, args.quantile, DEFAULT_METHOD)
+    rec = store_guard(run, f_train, labels, f_val, args.quantile, DEFAULT_METHOD, layers=layers)
     result["guard"] = {**{k: rec[k] for k in ("method", "threshold", "held_out_flagged")},
                        "fit_s": round(embed_s + time.perf_counter() - t, 1)}
     if result["train_s"]:
@@ -258,12 +275,14 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
     half = rng.permutation(len(f_val))
     a, b = f_val[half[: len(half) // 2]], f_val[half[len(half) // 2 :]]
     seen = f_train[np.sort(rng.choice(len(f_train), min(len(f_train), 1000), replace=False))]
+    flagged_b = round(float(np.mean(~guard.flags(b)[1])), 4)
+    a, b, seen = penultimate(a), penultimate(b), penultimate(seen)  # the shift check reads the penultimate features
     test_check = shift_from_features(guard, f_test, "test")
     keys = ("p_value", "mmd2", "n_a", "n_b")
-    resplit, seen_check = mmd_test(a, b), mmd_test(f_val, seen)
+    resplit, seen_check = mmd_test(a, b), mmd_test(penultimate(f_val), seen)
     result["shift"] = {
         "official_test": {k: test_check[k] for k in ("p_value", "shift", "flagged", "images")} | {"mmd2": test_check["test"]["mmd2"]},
-        "val_resplit": {**{k: resplit[k] for k in keys}, "flagged": round(float(np.mean(~guard.flags(b)[1])), 4)},
+        "val_resplit": {**{k: resplit[k] for k in keys}, "flagged": flagged_b},
         "train_seen_vs_val": {k: seen_check[k] for k in keys},
     }
     ratio = cost_ratio(run, model, train_ok[:128])
@@ -279,7 +298,7 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
 
 
 def show(r: dict) -> None:
-    print(f"{r['dataset']} ({r['model']}, {r['features']} features): images {r['images']}")
+    print(f"{r['dataset']} ({r['model']}, {r['features']} features, guard layers {r.get('guard_layers')}): images {r['images']}")
     for method, m in r["methods"].items():
         print(f"  {method:12s} val flagged {m['val_flagged']:.1%}, own test flagged {m['own_test_flagged']:.1%}, "
               f"detector fit {m['fit_detector_s']} s, score {m['score_ms_per_image']} ms/image")

@@ -42,7 +42,7 @@ class Net:
         return has_feature_head(self.model)
 
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, penultimate features) of a batch."""
+        """(logits, the guard's features: guard_layers' pooled outputs, then the penultimate features) of a batch."""
         if self.session is not None:
             arr = np.ascontiguousarray(x.detach().cpu().contiguous().numpy(), dtype=np.float32)
             z, f = self.session.run(None, {self.input_name: arr})[:2]
@@ -56,17 +56,44 @@ def has_feature_head(model: nn.Module) -> bool:
     return callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))
 
 
+def guard_layers(model: nn.Module) -> list[tuple[str, int]]:
+    """(module name, channels) of the layers whose global-average-pooled outputs come before the
+    penultimate features in the features the guard reads: the model's own `guard_layers`, else the
+    last stage timm's feature_info lists (blocks.6 of an EfficientNet). benchmarks/ood_layers.py
+    measured every stage: the last one's pooled activations, thresholded above every validation
+    image, flag brain_tumor_mri slices that an alzheimer_mri model's penultimate features let
+    through, and no more of the own test split; earlier stages flag much of the own test split too."""
+    own = getattr(model, "guard_layers", None)
+    if own is not None:
+        return [(str(n), int(c)) for n, c in own]
+    info = getattr(model, "feature_info", None)
+    entries = info if isinstance(info, list) else getattr(info, "info", None)
+    if not has_feature_head(model) or not entries or "module" not in entries[-1] or "num_chs" not in entries[-1]:
+        return []
+    return [(entries[-1]["module"], int(entries[-1]["num_chs"]))]
+
+
 def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's logits and the features its classifier layer reads (timm's pre_logits), from one
-    pass through the backbone."""
+    """The model's logits and the guard's features, from one pass through the backbone: the pooled
+    outputs of `guard_layers(model)`, then the features its classifier layer reads (timm's
+    pre_logits), always last, so a guard fitted on those alone reads the last columns."""
     if not has_feature_head(model):
         raise ValueError(f"{type(model).__name__} has no forward_features/forward_head: its features cannot be read")
-    fmap = model.forward_features(x)
+    layers = [name for name, _ in guard_layers(model)]
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o)) for n in layers]
+    try:
+        fmap = model.forward_features(x)
+    finally:
+        for h in hooks:
+            h.remove()
     feats = model.forward_head(fmap, pre_logits=True)
     classifier = model.get_classifier() if callable(getattr(model, "get_classifier", None)) else None
     # In eval mode the head after pre_logits is the classifier alone (timm's dropout is off), so it is
     # applied to the features rather than pooling twice; models without get_classifier run their head.
     z = classifier(feats) if isinstance(classifier, nn.Module) and not model.training else model.forward_head(fmap)
+    if layers:
+        feats = torch.cat([*(seen[n].mean((2, 3)).to(feats.dtype) for n in layers), feats], 1)
     return z, feats
 
 
@@ -126,7 +153,7 @@ def forward(net: Net | nn.Module, x: torch.Tensor, tta: bool = False, temperatur
 
 def forward_features(net: Net | nn.Module, x: torch.Tensor, tta: bool = False,
                      temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probabilities, logits, penultimate features) of a model-ready batch."""
+    """(probabilities, logits, the guard's features: see logits_and_features) of a model-ready batch."""
     z, f = tta_outputs(net, x, tta)
     z = z.numpy()
     return softmax(z, temperature).astype(np.float32), z, f.numpy()
@@ -142,7 +169,7 @@ def forward_images(net: Net | nn.Module, images: np.ndarray, prep: Preprocessing
 def predict_rows(net: Net | nn.Module, images: np.ndarray, rows: np.ndarray, prep: Preprocessing, batch_size: int = 64,
                  tta: bool = False, temperature: float = 1.0, features: bool = False) -> tuple[np.ndarray, ...]:
     """Rows of a decoded-image cache -> (probabilities, logits), in the order of `rows`; with
-    `features`, (probabilities, logits, penultimate features)."""
+    `features`, (probabilities, logits, the guard's features)."""
     order = np.argsort(rows, kind="stable")  # sequential memmap reads, results put back in order
     out = _batched(net, (images[rows[order[s : s + batch_size]]] for s in range(0, len(rows), batch_size)),
                    prep, tta, temperature, features)

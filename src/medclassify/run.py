@@ -56,12 +56,24 @@ class TTARecord(_Open):
     enabled: bool = False
 
 
+class OODLayerRecord(_Open):
+    """One layer the guard reads: its columns [start, stop) of the features and its own threshold."""
+
+    name: str
+    start: int = Field(ge=0)
+    stop: int = Field(gt=0)
+    threshold: float = Field(ge=0, allow_inf_nan=False)
+
+
 class OODRecord(_Open):
-    """The out-of-distribution guard (medclassify/ood): fitted, or why it is unavailable."""
+    """The out-of-distribution guard (medclassify/ood): fitted, or why it is unavailable. `layers`
+    (absent in a guard on the penultimate features alone) are combined as `combine` says."""
 
     status: str
     threshold: float | None = Field(None, allow_inf_nan=False)
     quantile: float | None = Field(None, gt=0, lt=1)
+    layers: list[OODLayerRecord] | None = None
+    combine: str | None = None
 
 
 class AdaptationRecord(_Open):

@@ -129,9 +129,13 @@ class Predictor:
                 self.fallback, use_onnx, self.backend = f"{e.message} Using PyTorch instead.", False, "torch"
                 logging.getLogger("medclassify").warning(self.fallback)
         self.guard, self.guard_reason = load_guard(self.run)
-        if self.guard is not None and use_onnx and len(self.session.get_outputs()) < 2:
-            # An ONNX file exported before the guard has no features output: auto keeps the guard on PyTorch.
-            old = f"{self.run.path / 'model.onnx'} has no features output (exported before the out-of-distribution guard)"
+        if self.guard is not None and use_onnx and not self._onnx_fits_guard():
+            # An ONNX file exported before the guard (no features output), or before its layers (the
+            # penultimate features alone): auto keeps the guard on PyTorch.
+            old = (f"{self.run.path / 'model.onnx'} has no features output (exported before the out-of-distribution guard)"
+                   if len(self.session.get_outputs()) < 2 else
+                   f"{self.run.path / 'model.onnx'} returns other features than the out-of-distribution guard reads "
+                   "(exported before its layers)")
             if backend == "auto":
                 self.fallback, use_onnx, self.backend, self.session = f"{old}: using PyTorch; export it again.", False, "torch", None
                 logging.getLogger("medclassify").warning(self.fallback)
@@ -140,6 +144,13 @@ class Predictor:
         if not use_onnx:
             self._model = self.run.build_model().to(memory_format=torch.channels_last)
         self.net = Net(session=self.session) if use_onnx else Net(self._model)
+
+    def _onnx_fits_guard(self) -> bool:
+        outputs = self.session.get_outputs()
+        if len(outputs) < 2:
+            return False
+        width = outputs[1].shape[-1] if outputs[1].shape else None
+        return not isinstance(width, int) or self.guard.accepts(width)  # a symbolic width is checked when scored
 
     @property
     def model(self) -> torch.nn.Module:
@@ -158,7 +169,8 @@ class Predictor:
         if self.guard is None:
             return {"enabled": False, "reason": self.guard_reason}
         return {"enabled": True, "method": self.guard.detector.method, "threshold": self.guard.threshold,
-                "quantile": self.guard.info.get("quantile")}
+                "quantile": self.guard.info.get("quantile"),
+                "layers": [layer["name"] for layer in self.guard.info.get("layers", [])] or ["penultimate"]}
 
     def load(self, path: str | Path, data: bytes | None = None) -> np.ndarray:
         """File (or its bytes, named by `path`) -> (H, W, C) uint8, exactly as the training cache decodes it."""
@@ -181,7 +193,7 @@ class Predictor:
         if self.guard is None:
             return self.probabilities(batch), None
         p, _, f = forward_features(self.net, self.tensor(batch), self.tta, self.temperature)
-        return p, self.guard.detector.score(f)
+        return p, self.guard.score(f)
 
     def predict_decoded(self, arr: np.ndarray, path: str | None = None) -> Prediction:
         """One (H, W, C) uint8 image already at the run's size."""

@@ -32,6 +32,7 @@ class SeedCNN(nn.Module):
             nn.Linear(64, num_classes),
         )
         self.num_classes = num_classes
+        self.guard_layers = [("features", c)]  # the last feature map, pooled (engine.guard_layers)
 
     def forward_features(self, x):
         return self.features(x)

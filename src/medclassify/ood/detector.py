@@ -7,7 +7,14 @@
 
 Higher scores are less like the training images. The threshold is a quantile of the scores of
 held-out validation images, so that share of in-distribution images passes. Stored as plain
-tensors in safetensors (no pickle), with the method, threshold and k in its metadata."""
+tensors in safetensors (no pickle), with the method, threshold and k in its metadata.
+
+Layered (Lee et al. 2018, feature ensemble): one Mahalanobis detector per slice of the features
+(earlier layers' pooled activations, then the penultimate features); the score is the largest
+ratio of a slice's score to that slice's own threshold, flagged above 1. The penultimate slice's
+threshold is the held-out quantile; each earlier slice's is the largest held-out score, or their
+mean + 4 standard deviations where that is higher (a few held-out images: their largest score is a
+low quantile), so those flag no held-out image and the held-out pass rate stays the quantile."""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import torch
 
 METHODS = ("mahalanobis", "knn")
 KNN_K = 10
+EARLY_SPREAD = 4.0  # an earlier layer's threshold: at least its held-out mean + 4 standard deviations
 MAX_BANK = 10000  # training images kept for kNN: scoring one image stays well under a millisecond
 
 
@@ -60,6 +68,55 @@ class Detector:
         return s, s <= self.threshold
 
 
+@dataclass
+class Layered:
+    """Detectors on slices [start, stop) of the features; `parts` are (name, start, stop, detector)."""
+
+    parts: list[tuple[str, int, int, Detector]]
+    threshold: float = 1.0
+    meta: dict[str, str] = field(default_factory=dict)
+    method: str = "mahalanobis"
+    combine: str = "max of score / layer threshold"
+
+    @property
+    def dim(self) -> int:
+        return self.parts[-1][2]
+
+    def layer_scores(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        f = np.asarray(features)
+        if f.ndim != 2 or f.shape[1] != self.dim:
+            raise ValueError(f"features of shape {tuple(f.shape)} do not fit this detector ({self.dim} features)")
+        return {name: det.score(f[:, a:b]) for name, a, b, det in self.parts}
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        per = self.layer_scores(features)
+        return np.max(np.stack([per[name] / max(det.threshold, 1e-12) for name, _, _, det in self.parts]), 0)
+
+    def flags(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s = self.score(features)
+        return s, s <= self.threshold
+
+    def describe(self) -> list[dict]:
+        return [{"name": name, "start": a, "stop": b, "threshold": det.threshold} for name, a, b, det in self.parts]
+
+
+def fit_layered(features: np.ndarray, labels: np.ndarray, held_out: np.ndarray, quantile: float,
+                layers: list[tuple[str, int]]) -> tuple[Layered, np.ndarray]:
+    """Mahalanobis on each of `layers` (name, width; the penultimate slice, the rest of the columns,
+    comes last) and the held-out scores of the result."""
+    parts, start = [], 0
+    total = features.shape[1]
+    for name, width in [*layers, ("penultimate", total - sum(w for _, w in layers))]:
+        det = fit_mahalanobis(features[:, start : start + width], labels)
+        scores = det.score(held_out[:, start : start + width])
+        det.threshold = float(np.quantile(scores, quantile, method="higher") if name == "penultimate"
+                              else max(scores.max(), scores.mean() + EARLY_SPREAD * scores.std()))
+        parts.append((name, start, start + width, det))
+        start += width
+    layered = Layered(parts)
+    return layered, layered.score(held_out)
+
+
 def _normalised(f: np.ndarray) -> np.ndarray:
     return (f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
@@ -99,24 +156,45 @@ def set_threshold(detector: Detector, held_out: np.ndarray, quantile: float) -> 
     return scores
 
 
-def save_detector(detector: Detector, path, extra: dict[str, np.ndarray] | None = None) -> None:
+def save_detector(detector: Detector | Layered, path, extra: dict[str, np.ndarray] | None = None) -> None:
+    import json
+
     from safetensors.numpy import save_file
 
     from ..io import write_with
 
-    tensors = {k: np.ascontiguousarray(v) for k, v in {**detector.tensors, **(extra or {})}.items()}
-    meta = {**detector.meta, "method": detector.method, "threshold": repr(detector.threshold), "k": str(detector.k)}
+    if isinstance(detector, Layered):
+        own = {f"{name}/{k}": v for name, _, _, det in detector.parts for k, v in det.tensors.items()}
+        meta = {**detector.meta, "method": detector.method, "threshold": repr(detector.threshold),
+                "combine": detector.combine, "layers": json.dumps(detector.describe())}
+    else:
+        own = detector.tensors
+        meta = {**detector.meta, "method": detector.method, "threshold": repr(detector.threshold), "k": str(detector.k)}
+    tensors = {k: np.ascontiguousarray(v) for k, v in {**own, **(extra or {})}.items()}
     write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def load_detector(path) -> tuple[Detector, dict[str, np.ndarray]]:
-    """(the detector, the file's other tensors, e.g. the reference features of the shift check)."""
+def load_detector(path) -> tuple[Detector | Layered, dict[str, np.ndarray]]:
+    """(the detector, the file's other tensors, e.g. the reference features of the shift check).
+    A file without "layers" in its metadata holds one detector on the penultimate features."""
+    import json
+
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as f:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     method = meta["method"]
+    if "layers" in meta:
+        parts = []
+        for layer in json.loads(meta["layers"]):
+            name = layer["name"]
+            det = Detector(method, {k: tensors.pop(f"{name}/{k}") for k in ("center", "whiten", "means")}, float(layer["threshold"]))
+            parts.append((name, int(layer["start"]), int(layer["stop"]), det))
+            if parts[-1][1] != (parts[-2][2] if len(parts) > 1 else 0) or det.dim != parts[-1][2] - parts[-1][1]:
+                raise ValueError(f"layer {name!r} does not fit its slice of the features")
+        rest = {k: v for k, v in meta.items() if k not in ("method", "threshold", "layers", "combine")}
+        return Layered(parts, float(meta["threshold"]), rest, method, meta.get("combine", Layered.combine)), tensors
     own = ("center", "whiten", "means") if method == "mahalanobis" else ("bank",)
     det = Detector(method, {k: tensors.pop(k) for k in own}, float(meta["threshold"]), int(meta.get("k", KNN_K)),
                    {k: v for k, v in meta.items() if k not in ("method", "threshold", "k")})

@@ -1,7 +1,10 @@
-"""A run's out-of-distribution guard: fitted on its training images' penultimate features (the one
-forward pass, engine.py, with the run's TTA choice), thresholded on its validation images, stored as
-ood.safetensors with its facts in run.json ("ood"). It holds the validation features too: the
-reference of the shift check (evaluation/shift.py).
+"""A run's out-of-distribution guard: fitted on its training images' features (the one forward pass,
+engine.py, with the run's TTA choice: the pooled outputs of engine.guard_layers, then the
+penultimate features), thresholded on its validation images, stored as ood.safetensors with its
+facts in run.json ("ood": "layers" says which columns are which layer, and how they combine). It
+holds the validation images' penultimate features too: the reference of the shift check
+(evaluation/shift.py). A guard fitted before the layers were added reads the penultimate features
+alone: the last columns of the features, which is where they still are.
 
 A guard belongs to one set of weights: run.json records their version and the file's SHA-256, and a
 guard that no longer matches (weights changed, file edited) is reported absent, never used."""
@@ -18,11 +21,11 @@ import torch
 from ..data.cache import ImageCache
 from ..data.prepare import load_cache
 from ..data.sources import Record
-from ..engine import Net, has_feature_head, predict_rows
+from ..engine import Net, guard_layers, has_feature_head, predict_rows
 from ..io import file_sha256
 from ..reporting import Reporter
 from ..run import Run
-from .detector import Detector, fit_detector, load_detector, save_detector, set_threshold
+from .detector import Detector, Layered, fit_detector, fit_layered, load_detector, save_detector, set_threshold
 
 GUARD_FILE = "ood.safetensors"
 DEFAULT_METHOD = "mahalanobis"  # measured against knn in benchmarks/ood.py (README, "Knowing when not to answer")
@@ -50,16 +53,40 @@ def embed(run: Run, records: list[Record], cache: ImageCache, model: torch.nn.Mo
 
 @dataclass
 class Guard:
-    detector: Detector
-    reference: np.ndarray | None  # held-out features, the shift check's reference
+    detector: Detector | Layered
+    reference: np.ndarray | None  # held-out penultimate features, the shift check's reference
     info: dict
 
     @property
     def threshold(self) -> float:
         return self.detector.threshold
 
+    @property
+    def penultimate_dim(self) -> int:
+        if isinstance(self.detector, Layered):
+            _, a, b, _ = self.detector.parts[-1]
+            return b - a
+        return self.detector.dim
+
+    def accepts(self, width: int) -> bool:
+        """Whether features `width` wide (a network's features output) can be scored."""
+        return width == self.detector.dim if isinstance(self.detector, Layered) else width >= self.detector.dim
+
+    def _own(self, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features)
+        if isinstance(self.detector, Layered) or f.ndim != 2 or f.shape[1] <= self.detector.dim:
+            return f
+        return f[:, -self.detector.dim :]  # a penultimate-only guard: the last columns
+
+    def penultimate(self, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features)
+        return f[:, -self.penultimate_dim :] if f.ndim == 2 and f.shape[1] > self.penultimate_dim else f
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        return self.detector.score(self._own(features))
+
     def flags(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.detector.flags(features)
+        return self.detector.flags(self._own(features))
 
 
 def fit_guard(run: Run, reporter: Reporter | None = None, cache: ImageCache | None = None,
@@ -90,13 +117,17 @@ def fit_guard(run: Run, reporter: Reporter | None = None, cache: ImageCache | No
     labels = np.array([run.classes.index(r.label) for r in train_ok])
     held = run.records("val")
     f_held = embed(run, held, cache, model)[1] if held else None
-    return store_guard(run, f_train, labels, f_held, quantile, method, seed, reporter, t0)
+    return store_guard(run, f_train, labels, f_held, quantile, method, seed, reporter, t0, layers=guard_layers(model))
 
 
 def store_guard(run: Run, f_train: np.ndarray, labels: np.ndarray, f_held: np.ndarray | None, quantile: float,
-                method: str, seed: int = 0, reporter: Reporter | None = None, t0: float | None = None) -> dict:
+                method: str, seed: int = 0, reporter: Reporter | None = None, t0: float | None = None,
+                layers: list[tuple[str, int]] | None = None) -> dict:
     """Fit the detector on training features, threshold it on the held-out (validation) features and
-    store it in the run; returns its run.json record. fit_guard computes the features."""
+    store it in the run; returns its run.json record. fit_guard computes the features; `layers`
+    (engine.guard_layers) names their first columns, the penultimate features are the rest.
+    Mahalanobis reads every layer (detector.Layered); kNN the penultimate features alone."""
+    layers = list(layers or [])
     t0 = time.perf_counter() if t0 is None else t0
     rng = np.random.default_rng(seed)
     held_split = "val"
@@ -105,14 +136,21 @@ def store_guard(run: Run, f_train: np.ndarray, labels: np.ndarray, f_held: np.nd
         cut = max(1, len(order) // 10)
         f_held, f_train, labels = f_train[order[:cut]], f_train[order[cut:]], labels[order[cut:]]
         held_split = "train (a held-out tenth)"
-    detector = fit_detector(method, f_train, labels, seed=seed)
-    held_scores = set_threshold(detector, f_held, quantile)
-    if not np.isfinite(detector.threshold):
+    skip = sum(w for _, w in layers)
+    if layers and method == "mahalanobis":
+        detector, held_scores = fit_layered(f_train, labels, f_held, quantile, layers)
+        finite = all(np.isfinite(det.threshold) for *_, det in detector.parts)
+    else:
+        detector = fit_detector(method, f_train[:, skip:], labels, seed=seed)
+        held_scores = set_threshold(detector, f_held[:, skip:], quantile)
+        finite = np.isfinite(detector.threshold)
+    if not finite:
         reason = "the training images' features are degenerate (the detector's threshold is not finite)"
         run.update(ood={"status": "unavailable", "reason": reason})
         (reporter or Reporter(quiet=True)).warn(f"No out-of-distribution guard: {reason}.")
         return run.info["ood"]
     reference = f_held if len(f_held) <= MAX_REFERENCE else f_held[np.sort(rng.choice(len(f_held), MAX_REFERENCE, replace=False))]
+    reference = reference[:, skip:]
     path = run.path / GUARD_FILE
     save_detector(detector, path, {"reference": reference.astype(np.float32)})
     record = {"status": "fitted", "method": detector.method, "file": GUARD_FILE, "sha256": file_sha256(path),
@@ -121,11 +159,14 @@ def store_guard(run: Run, f_train: np.ndarray, labels: np.ndarray, f_held: np.nd
               "train_images": int(len(f_train)), "held_out_images": int(len(f_held)),
               "held_out_flagged": float((held_scores > detector.threshold).mean()),
               "reference_images": int(len(reference)), "fit_s": round(time.perf_counter() - t0, 2)}
+    if isinstance(detector, Layered):
+        record.update(layers=detector.describe(), combine=detector.combine, penultimate_features=int(f_train.shape[1] - skip))
     if method == "knn":
         record["k"] = detector.k
     run.update(ood=record)
     (reporter or Reporter(quiet=True)).info(
-        f"Out-of-distribution guard ({method}, {detector.dim} features) fitted on {len(f_train)} training images; "
+        f"Out-of-distribution guard ({method}{' on ' + ', '.join(n for n, *_ in detector.parts) if isinstance(detector, Layered) else ''}, "
+        f"{detector.dim} features) fitted on {len(f_train)} training images; "
         f"threshold {detector.threshold:.4g} passes {quantile:.0%} of {held_split} images ({record['fit_s']:.1f} s).")
     return record
 

@@ -56,7 +56,7 @@ def shift_from_features(guard: "Guard", features: np.ndarray, name: str, seed: i
     out = {"status": "checked", "name": name, "images": int(len(features)), "flagged": float((~inside).mean()),
            "expected_flagged": round(expected, 6), "reference": guard.info.get("threshold_on", "val"),
            "reference_images": int(len(guard.reference))}
-    test = mmd_test(guard.reference, features, seed=seed)
+    test = mmd_test(guard.reference, guard.penultimate(features), seed=seed)
     out.update(test=test, p_value=test["p_value"], shift=bool(test["p_value"] < ALPHA), alpha=ALPHA)
     out["message"] = shift_sentence(out)
     return out
