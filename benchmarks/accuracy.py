@@ -62,15 +62,17 @@ def refreshed_row(name: str, seed: int, args, previous: list[dict], out: Path, e
     training images, then TTA decided and the guard fitted again, then the test split. Training
     itself is unchanged by the refresh, so this equals training again (checked once by training a
     seed afresh and comparing model.safetensors byte for byte: README, Benchmarks)."""
+    import copy
     import shutil
 
+    import numpy as np
     import torch
 
     from medclassify.data.cache import build_cache
     from medclassify.ood import fit_guard
     from medclassify.reporting import Reporter
     from medclassify.run import load_run, save_weights
-    from medclassify.training.batchnorm import refresh_batchnorm, refresh_rows
+    from medclassify.training.batchnorm import refresh_batchnorm, refresh_decision, refresh_rows
     from medclassify.training.validation import choose_tta
 
     source = Path(args.runs) / f"{name}-{args.bn_refresh}-s{seed}"
@@ -80,6 +82,7 @@ def refreshed_row(name: str, seed: int, args, previous: list[dict], out: Path, e
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(source, out, ignore=shutil.ignore_patterns("metrics", "ood.safetensors"))
     info = json.loads((out / "run.json").read_text())
+    source_info = dict(info)
     for key in ("tta", "calibration", "operating_point", "ood"):
         info.pop(key, None)
     (out / "run.json").write_text(json.dumps(info, indent=2))
@@ -90,15 +93,33 @@ def refreshed_row(name: str, seed: int, args, previous: list[dict], out: Path, e
     cache = build_cache(sorted(r.path for r in run.records()), prep.image_size, prep.resize, prep.channels)
     paths = refresh_rows([r.path for r in run.records("train")], args.bn_refresh_images)
     model = run.build_model().to(memory_format=torch.channels_last)  # as the trainer holds it: the same float sums
-    refresh_batchnorm(model, cache.reader()[cache.rows(paths)], prep)
-    save_weights(model, out / "model.safetensors", metadata={"epoch": str(selection["epoch"])})
-    run.update(selection={**selection, "bn_refresh_images": len(paths)})
+    refreshed = copy.deepcopy(model)
+    refresh_batchnorm(refreshed, cache.reader()[cache.rows(paths)], prep)
+    val = run.records("val")
+    labels = np.array([run.classes.index(r.label) for r in val], dtype=np.int64)
+    decision = refresh_decision(model, refreshed, cache.reader(), cache.rows([r.path for r in val]), labels, prep, run.classes)
+    run.update(selection={**selection, "bn_refresh": {"images": len(paths), **decision}})
+    if not decision["kept"]:  # the source's weights, byte for byte: its TTA, guard and test scores stand
+        for key in ("tta", "ood"):
+            if key in source_info:
+                run.update(**{key: source_info[key]})
+        for name in ("metrics", "ood.safetensors"):
+            if (source / name).is_dir():
+                shutil.copytree(source / name, out / name)
+            elif (source / name).is_file():
+                shutil.copy2(source / name, out / name)
+        return {**old[0], "tag": args.tag, "refreshed_from": args.bn_refresh, "bn_refresh": decision,
+                "selection": f"{old[0]['selection']}, BatchNorm refresh not kept (val balanced accuracy "
+                             f"{decision['val_balanced_accuracy']})", "config": {**old[0]["config"], "bn_refresh_images": args.bn_refresh_images}}
+    save_weights(refreshed, out / "model.safetensors", metadata={"epoch": str(selection["epoch"])})
     choose_tta(run, reporter, cache=cache)
     fit_guard(run, reporter, cache=cache, quantile=config.get("ood_quantile", 0.95), seed=config["seed"])
     val = run.metrics("val")
     test = evaluate(out, split="test", reporter=Reporter(quiet=True))
     row = {**old[0], "tag": args.tag, "refreshed_from": args.bn_refresh, "tta": test["tta"],
-           "selection": f"{old[0]['selection']}, BatchNorm refreshed on {len(paths)} training images",
+           "selection": f"{old[0]['selection']}, BatchNorm refreshed on {len(paths)} training images "
+                        f"({'kept' if decision['kept'] else 'not kept'}: val balanced accuracy {decision['val_balanced_accuracy']})",
+           "bn_refresh": decision,
            "val_accuracy": round(val["accuracy"], 4), "val_balanced_accuracy": round(val["balanced_accuracy"], 4),
            **test_fields(test)}
     row["config"] = {**old[0]["config"], "bn_refresh_images": args.bn_refresh_images}

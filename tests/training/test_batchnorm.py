@@ -1,5 +1,6 @@
 """The recipe's BatchNorm refresh after weight averaging (training/batchnorm.py)."""
 
+import copy
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ from safetensors.torch import load_file
 
 from medclassify.config import TrainConfig
 from medclassify.data.preprocessing import Preprocessing
-from medclassify.training.batchnorm import refresh_batchnorm, refresh_rows
+from medclassify.training.batchnorm import refresh_batchnorm, refresh_decision, refresh_rows
 from medclassify.training.fit import train
 
 
@@ -38,23 +39,60 @@ def test_refresh_sets_the_statistics_of_the_images():
     assert refresh_batchnorm(model, images, prep) == 1 and not model.training
 
 
-def test_averaged_weights_ship_with_refreshed_statistics_only(small_dataset, tmp_path, quiet):
-    """With the refresh the shipped file differs from the plain average in the BatchNorm running
-    statistics and nowhere else; run.json says how many training images were read; two runs agree
-    byte for byte."""
+def test_refresh_ships_only_when_it_raises_validation_balanced_accuracy():
+    """A model whose class is the image's brightness, with BatchNorm statistics that put every image
+    in one class: refreshed on images of both classes it separates them again, so the refresh is
+    kept; a model already right is not changed by a refresh that does not raise the score."""
+    torch.manual_seed(0)
+    prep = Preprocessing(image_size=4, channels=1, mean=[0.0], std=[1.0])
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 60, (20, 4, 4, 1), dtype=np.uint8)
+    bright = rng.integers(190, 255, (20, 4, 4, 1), dtype=np.uint8)
+    images, labels = np.concatenate([dark, bright]), np.array([0] * 20 + [1] * 20)
+
+    def brightness_model():
+        m = nn.Sequential(nn.Conv2d(1, 1, 4, bias=False), nn.BatchNorm2d(1), nn.Flatten(), nn.Linear(1, 2))
+        with torch.no_grad():
+            m[0].weight.fill_(1 / 16)
+            m[3].weight.copy_(torch.tensor([[-4.0], [4.0]]))
+            m[3].bias.zero_()
+        return m
+
+    stale = brightness_model()
+    stale[1].running_mean.fill_(5.0)  # every image now normalises below the mean: all "dark"
+    refreshed = copy.deepcopy(stale)
+    refresh_batchnorm(refreshed, images, prep)
+    rows = np.arange(len(images))
+    d = refresh_decision(stale, refreshed, images, rows, labels, prep, ["dark", "bright"])
+    assert d["kept"] and d["val_balanced_accuracy"] == {"averaged": 0.5, "refreshed": 1.0}
+
+    right = copy.deepcopy(refreshed)
+    again = copy.deepcopy(right)
+    refresh_batchnorm(again, images, prep)
+    d = refresh_decision(right, again, images, rows, labels, prep, ["dark", "bright"])
+    assert not d["kept"] and d["val_balanced_accuracy"]["averaged"] == 1.0
+    assert not refresh_decision(stale, refreshed, images, rows[:0], labels[:0], prep, ["dark", "bright"])["kept"]
+
+
+def test_shipped_weights_follow_the_refresh_decision(small_dataset, tmp_path, quiet):
+    """The shipped file is the plain average or the refreshed one (BatchNorm running statistics the
+    only difference), as run.json's decision says; two runs agree byte for byte."""
     def run(name, **kw):
         config = TrainConfig(data=str(small_dataset), out=str(tmp_path / name), model="seed_cnn", image_size=32,
                              epochs=3, batch_size=16, augment="light", normalize="fixed", lr=3e-3, **kw)
         return train(config, reporter=quiet).run_dir
 
-    plain, refreshed, again = run("plain", bn_refresh_images=0), run("refreshed"), run("again")
-    a, b = load_file(plain / "model.safetensors"), load_file(refreshed / "model.safetensors")
+    plain, default, again = run("plain", bn_refresh_images=0), run("default"), run("again")
+    assert (default / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
+    selection = json.loads((default / "run.json").read_text())["selection"]
+    n_train = sum(1 for line in (default / "split.csv").read_text().splitlines()[1:] if line.split(",")[2] == "train")
+    decision = selection["bn_refresh"]
+    assert selection["select"] == "average" and decision["images"] == min(2048, n_train) > 0
+    scores = decision["val_balanced_accuracy"]
+    assert decision["kept"] == (scores["refreshed"] > scores["averaged"])
+    assert "bn_refresh" not in json.loads((plain / "run.json").read_text())["selection"]
+    a, b = load_file(plain / "model.safetensors"), load_file(default / "model.safetensors")
     changed = {k for k in a if not torch.equal(a[k], b[k])}
-    assert changed and all(k.endswith(("running_mean", "running_var")) for k in changed)
-    assert (refreshed / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
-    selection = json.loads((refreshed / "run.json").read_text())["selection"]
-    n_train = sum(1 for line in (refreshed / "split.csv").read_text().splitlines()[1:] if line.split(",")[2] == "train")
-    assert selection["select"] == "average" and selection["bn_refresh_images"] == min(2048, n_train) > 0
-    assert "bn_refresh_images" not in json.loads((plain / "run.json").read_text())["selection"]
-    # the last epoch's weights (last.safetensors) are not touched by the refresh
-    assert (plain / "last.safetensors").read_bytes() == (refreshed / "last.safetensors").read_bytes()
+    assert all(k.endswith(("running_mean", "running_var")) for k in changed)
+    assert bool(changed) == decision["kept"]
+    assert (plain / "last.safetensors").read_bytes() == (default / "last.safetensors").read_bytes()

@@ -4,7 +4,10 @@
 Averaging the weights of several epochs also averages their BatchNorm running statistics, which
 then describe none of the averaged networks: the averaged weights need the statistics of their own
 activations (Izmailov et al. 2018 re-estimate them after SWA for this reason). `refresh_batchnorm`
-does that on unaugmented training images, so the shipped weights are evaluated as they will be used.
+does that on unaugmented training images. The running statistics of training are also an average of
+the last few augmented batches: at the end of a schedule whose weights barely move, brain_tumor_mri
+validation accuracy still swung between 77% and 90% from epoch to epoch. Whether the refreshed
+statistics ship is decided on validation (`refresh_decision`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch
 import torch.nn as nn
 
 from ..data.preprocessing import Preprocessing
+from ..engine import predict_rows
+from .metrics import compute_metrics
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -101,3 +106,18 @@ def refresh_batchnorm(model: nn.Module, images: np.ndarray, prep: Preprocessing,
     if layers and len(images) >= 2:
         apply_statistics(target_statistics(model, images, np.arange(len(images)), prep, batch_size))
     return len(layers)
+
+
+def refresh_decision(model: nn.Module, refreshed: nn.Module, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                     prep: Preprocessing, classes: list[str]) -> dict:
+    """Whether the refreshed statistics ship: when they raise validation balanced accuracy (the rule
+    that decides test-time augmentation). Measured: they lifted brain_tumor_mri validation from
+    82-93% to 94-97% over three seeds, and lowered chest_xray's a little (97.3% -> 96.9% balanced,
+    seed 0); so neither choice is right for every dataset. No validation images: not kept."""
+    if len(rows) == 0:
+        return {"kept": False, "reason": "no validation split"}
+    scores = {}
+    for name, net in (("averaged", model), ("refreshed", refreshed)):
+        probs, _ = predict_rows(net, images, rows, prep)
+        scores[name] = round(float(compute_metrics(labels, probs, classes)["balanced_accuracy"]), 6)
+    return {"kept": scores["refreshed"] > scores["averaged"], "val_balanced_accuracy": scores}

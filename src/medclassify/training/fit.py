@@ -4,6 +4,7 @@ complete run directory at the end."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import math
 import os
@@ -31,7 +32,7 @@ from ..reporting import Reporter
 from ..runtime import autocast_context, choose_amp_dtype
 from ..run import FORMAT_VERSION, RunWriter, load_run, read_split_csv, save_weights, write_split_csv
 from .callbacks import BestCheckpoint, EarlyStopping, History, LastEpochsAverage, WeightAverage
-from .batchnorm import batchnorm_layers, refresh_batchnorm, refresh_rows
+from .batchnorm import batchnorm_layers, refresh_batchnorm, refresh_decision, refresh_rows
 from .distributed import Dist, FollowerWriter, GlobalBatchLoss, node_first, session
 from .checkpoint import (check_resumable, config_snapshot, load_checkpoint, load_optimizer_state, optimizer_state,
                          prefixed, restore_rng, rng_state, save_checkpoint, unprefixed)
@@ -419,28 +420,34 @@ class Trainer:
             kept, selection, epochs_kept = best_epoch, f"best epoch {best_epoch} (val {c.monitor})", [best_epoch]
         elif average and average.epochs:
             selection, epochs_kept = f"average of epochs {average.epochs[0]}-{average.epochs[-1]}", average.epochs
-        refreshed = 0
+        refreshed: dict = {}
         if c.select != "best" and self.dist.is_main:
             final = average.apply(shipped) if average else shipped
             if average and average.epochs and c.bn_refresh_images:
-                refreshed = self._refresh_batchnorm(final)
+                final, refreshed = self._refresh_batchnorm(final)
             # One metadata key: safetensors writes several in a random order, and the file must be byte-identical.
             save_weights(final, folder / "model.safetensors", metadata={"epoch": str(kept)})
         self.selection = {"select": c.select, "epoch": kept, "epochs": epochs_kept}
         if refreshed:
-            self.selection["bn_refresh_images"] = refreshed
+            self.selection["bn_refresh"] = refreshed
         return TrainResult(folder, kept, done, {}, time.perf_counter() - state.t_start, selection)
 
-    def _refresh_batchnorm(self, model: nn.Module) -> int:
-        """The averaged weights' own BatchNorm statistics, from unaugmented training images
-        (training/batchnorm.py). Returns how many images were read (0: the model has no BatchNorm)."""
+    def _refresh_batchnorm(self, model: nn.Module) -> tuple[nn.Module, dict]:
+        """The averaged weights with their own BatchNorm statistics, from unaugmented training images
+        (training/batchnorm.py), when that raises validation balanced accuracy; else `model` as it is."""
         paths = refresh_rows([r.path for r in self.data.split("train")], self.config.bn_refresh_images)
         if not batchnorm_layers(model) or len(paths) < 2:
-            return 0
-        images = self.data.cache.reader()[self.data.cache.rows(paths)]
-        refresh_batchnorm(model, images, self.prep)
-        self.reporter.info(f"BatchNorm statistics of the averaged weights re-estimated on {len(paths)} training images.")
-        return len(paths)
+            return model, {}
+        reader = self.data.cache.reader()
+        refreshed = copy.deepcopy(model)
+        refresh_batchnorm(refreshed, reader[self.data.cache.rows(paths)], self.prep)
+        decision = refresh_decision(model, refreshed, reader, self.val_rows, self.val_labels, self.prep, self.classes)
+        scores = decision.get("val_balanced_accuracy")
+        self.reporter.info(f"BatchNorm statistics re-estimated on {len(paths)} training images: "
+                           + (f"validation balanced accuracy {scores['averaged']:.3f} averaged, {scores['refreshed']:.3f} "
+                              f"refreshed; {'refreshed' if decision['kept'] else 'averaged'} statistics kept."
+                              if scores else f"not kept ({decision['reason']})."))
+        return (refreshed if decision["kept"] else model), {"images": len(paths), **decision}
 
     def _checkpoint(self, folder: Path, loop: dict, state: RunState) -> None:
         ema, average, scaler = state.ema, state.average, state.scaler
