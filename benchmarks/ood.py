@@ -5,8 +5,9 @@ it; the originals are never modified):
   - both detectors (kNN cosine distance and class-conditional Mahalanobis with a shared covariance),
     fitted on the training images' penultimate features and thresholded at --quantile of the
     validation images, and the guard's own detector, "mahalanobis+layers": Mahalanobis on the
-    penultimate features and on each engine.guard_layers layer's pooled activations (ood/detector.py,
-    Layered; benchmarks/ood_layers.py chose the layer);
+    penultimate features and each engine.guard_layers layer's pooled averages, the nearest training
+    image's distance on the pooled spatial spread (ood/detector.py, Layered; benchmarks/ood_layers.py
+    chose the layers), and "mahalanobis+last stage", the guard without its newest layer (the spread);
   - OOD AUROC (own test split vs each foreign set) and the share flagged of: the other shared
     datasets' test images, generated non-medical images (noise, Pillow text renderings, natural
     images from skimage.data with random crops), and the model's own test split;
@@ -190,7 +191,7 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
     from medclassify.ood import DEFAULT_METHOD, load_guard
     from medclassify.engine import guard_layers
     from medclassify.ood.detector import METHODS, fit_detector, fit_layered, set_threshold
-    from medclassify.ood.guard import store_guard
+    from medclassify.ood.guard import layer_specs, store_guard
     from medclassify.ood.twosample import mmd_test
     from medclassify.evaluation.shift import shift_from_features
     from medclassify.run import load_run
@@ -213,7 +214,7 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
     t0 = time.perf_counter()
     train = run.records("train")
     layers = guard_layers(model)
-    skip = sum(w for _, w in layers)
+    skip = sum(g.channels for g in layers)
     if reuse:  # the features a previous run of this script saved (--reuse): only the figures are recomputed
         z = np.load(saved)
         f_train, labels, f_val, f_test = z["train"], z["train_labels"], z["val"], z["test"]
@@ -239,18 +240,22 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
         np.savez_compressed(saved, train=f_train, train_labels=labels, val=f_val, test=f_test, test_labels=test_labels,
                             embed_s=embed_s, guard_layers_width=skip, **{k.replace(" ", "_"): v for k, v in foreign.items()})
     result = {"run": str(src), "dataset": dataset, "model": run.model_name, "features": int(f_train.shape[1]),
-              "guard_layers": [[n, w] for n, w in layers],
+              "guard_layers": [[g.name, g.channels] for g in layers],
               "images": {"train": len(f_train), "val": len(f_val), "test": len(f_test),
                          **{k: len(v) for k, v in foreign.items()}},
               "train_s": run.info.get("timings", {}).get("train_s"), "embed_train_val_s": round(embed_s, 1), "methods": {}}
     def penultimate(f):
         return f[:, skip:]
 
-    for method in [*METHODS, *(["mahalanobis+layers"] if layers else [])]:
+    # the guard, and the guard without its first (newest) layer: the last stage and the penultimate features
+    layered = {"mahalanobis+layers": layers, "mahalanobis+last stage": layers[1:]} if len(layers) > 1 else \
+        {"mahalanobis+layers": layers} if layers else {}
+    for method in [*METHODS, *layered]:
         t = time.perf_counter()
-        if method == "mahalanobis+layers":
-            det, val_scores = fit_layered(f_train, labels, f_val, args.quantile, layers)
-            view = lambda f: f  # noqa: E731
+        if method in layered:
+            cols = sum(g.channels for g in layered[method]) + f_train.shape[1] - skip
+            det, val_scores = fit_layered(f_train[:, -cols:], labels, f_val[:, -cols:], args.quantile, layer_specs(layered[method]))
+            view = lambda f, cols=cols: f[:, -cols:]  # noqa: E731
         else:
             det = fit_detector(method, penultimate(f_train), labels)
             val_scores = set_threshold(det, penultimate(f_val), args.quantile)

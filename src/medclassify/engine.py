@@ -5,6 +5,8 @@ serve all call it, so a run gives one answer for one image whichever way it is a
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -56,21 +58,55 @@ def has_feature_head(model: nn.Module) -> bool:
     return callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))
 
 
-def guard_layers(model: nn.Module) -> list[tuple[str, int]]:
-    """(module name, channels) of the layers whose global-average-pooled outputs come before the
-    penultimate features in the features the guard reads: the model's own `guard_layers`, else the
-    last stage timm's feature_info lists (blocks.6 of an EfficientNet). benchmarks/ood_layers.py
-    measured every stage: the last one's pooled activations, thresholded above every validation
-    image, flag brain_tumor_mri slices that an alzheimer_mri model's penultimate features let
-    through, and no more of the own test split; earlier stages flag much of the own test split too."""
+class GuardLayer(NamedTuple):
+    """A layer whose pooled output the guard reads: `pool` "mean" is the global average of each
+    channel, "std" its spatial standard deviation (how much the channel varies across the image: a
+    texture and sharpness signature that averages hide)."""
+
+    module: str
+    channels: int
+    pool: str = "mean"
+
+    @property
+    def name(self) -> str:
+        return self.module if self.pool == "mean" else f"{self.module}:{self.pool}"
+
+
+POOLS = ("mean", "std")
+TEXTURE_REDUCTION = 4  # the stage whose spatial spread the guard reads: the first at a quarter of the input
+
+
+def guard_layers(model: nn.Module) -> list[GuardLayer]:
+    """The layers whose pooled outputs come before the penultimate features in the features the guard
+    reads: the model's own `guard_layers`, else, from timm's feature_info, the spatial standard
+    deviation of the first stage at a quarter of the input's resolution (blocks.1 of an EfficientNet)
+    and the global average of the last stage (blocks.6). benchmarks/ood_layers.py measured every stage
+    and both poolings: the last stage's averages flag brain_tumor_mri slices that an alzheimer_mri
+    model's penultimate features let through; the quarter-resolution stage's spread, by nearest
+    training neighbour, flags alzheimer_mri slices that a brain_tumor_mri model takes for its own,
+    without flagging more of its own (shifted) test split. Newer layers go first, so a guard fitted
+    on fewer layers still finds its columns at the end."""
     own = getattr(model, "guard_layers", None)
     if own is not None:
-        return [(str(n), int(c)) for n, c in own]
+        return [GuardLayer(*entry) for entry in own]
     info = getattr(model, "feature_info", None)
     entries = info if isinstance(info, list) else getattr(info, "info", None)
-    if not has_feature_head(model) or not entries or "module" not in entries[-1] or "num_chs" not in entries[-1]:
+    if not has_feature_head(model) or not entries or not all("module" in e and "num_chs" in e for e in entries):
         return []
-    return [(entries[-1]["module"], int(entries[-1]["num_chs"]))]
+    texture = [GuardLayer(e["module"], int(e["num_chs"]), "std") for e in entries
+               if e.get("reduction") == TEXTURE_REDUCTION and e is not entries[-1]][:1]
+    return [*texture, GuardLayer(entries[-1]["module"], int(entries[-1]["num_chs"]))]
+
+
+def pooled(x: torch.Tensor, pool: str) -> torch.Tensor:
+    """(N, C) of an (N, C, H, W) activation: the channels' spatial mean or standard deviation."""
+    mean = x.mean((2, 3))
+    if pool == "mean":
+        return mean
+    if pool != "std":
+        raise ValueError(f"unknown pooling {pool!r} (one of {', '.join(POOLS)})")
+    d = x - mean[:, :, None, None]
+    return (d * d).mean((2, 3)).sqrt()
 
 
 def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,9 +115,10 @@ def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     pre_logits), always last, so a guard fitted on those alone reads the last columns."""
     if not has_feature_head(model):
         raise ValueError(f"{type(model).__name__} has no forward_features/forward_head: its features cannot be read")
-    layers = [name for name, _ in guard_layers(model)]
+    layers = guard_layers(model)
     seen: dict[str, torch.Tensor] = {}
-    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o)) for n in layers]
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o))
+             for n in dict.fromkeys(layer.module for layer in layers)]
     try:
         fmap = model.forward_features(x)
     finally:
@@ -93,7 +130,7 @@ def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     # applied to the features rather than pooling twice; models without get_classifier run their head.
     z = classifier(feats) if isinstance(classifier, nn.Module) and not model.training else model.forward_head(fmap)
     if layers:
-        feats = torch.cat([*(seen[n].mean((2, 3)).to(feats.dtype) for n in layers), feats], 1)
+        feats = torch.cat([*(pooled(seen[layer.module].float(), layer.pool).to(feats.dtype) for layer in layers), feats], 1)
     return z, feats
 
 

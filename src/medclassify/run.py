@@ -18,7 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -57,12 +57,15 @@ class TTARecord(_Open):
 
 
 class OODLayerRecord(_Open):
-    """One layer the guard reads: its columns [start, stop) of the features and its own threshold."""
+    """One layer the guard reads: its columns [start, stop) of the features, the detector that scores
+    them (absent in guards from before a layer could have its own: Mahalanobis) and its threshold."""
 
     name: str
     start: int = Field(ge=0)
     stop: int = Field(gt=0)
     threshold: float = Field(ge=0, allow_inf_nan=False)
+    method: Literal["mahalanobis", "knn"] | None = None
+    k: int | None = Field(None, ge=1)
 
 
 class OODRecord(_Open):

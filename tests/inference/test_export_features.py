@@ -23,15 +23,15 @@ def test_onnx_features_match_pytorch_column_for_column(run_copy):
     meta = export_onnx(run_copy)
     assert meta["parity"]["ood_agreement"] == 1.0
     session = ort.InferenceSession(str(run_copy / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert session.get_outputs()[1].shape[-1] == 320
+    assert session.get_outputs()[1].shape[-1] == 384
     model = load_run(run_copy).build_model().float().eval()
     x = torch.randn(5, 1, 32, 32)
     with torch.no_grad():
         _, f_torch = logits_and_features(model, x)
     f_onnx = session.run(None, {"input": x.numpy()})[1]
-    assert f_onnx.shape == (5, 320)
-    np.testing.assert_allclose(f_onnx[:, :256], f_torch[:, :256].numpy(), rtol=1e-4, atol=1e-5)  # pooled last stage
-    np.testing.assert_allclose(f_onnx[:, 256:], f_torch[:, 256:].numpy(), rtol=1e-4, atol=1e-5)  # penultimate
+    assert f_onnx.shape == (5, 384)
+    for cols in (slice(0, 64), slice(64, 320), slice(320, 384)):  # quarter-resolution spread, last stage, penultimate
+        np.testing.assert_allclose(f_onnx[:, cols], f_torch[:, cols].numpy(), rtol=1e-4, atol=1e-5)
 
 
 class _PenultimateOnly(torch.nn.Module):

@@ -23,13 +23,17 @@ def test_guard_is_fitted_and_stored_at_train_time(tiny_run):
     run = load_run(tiny_run)
     rec = run.info["ood"]
     assert rec["status"] == "fitted" and rec["method"] in ("knn", "mahalanobis")
-    # seed_cnn: its last feature map pooled (256 channels), then its 64 penultimate features
-    assert rec["quantile"] == 0.95 and rec["features"] == 320 and rec["penultimate_features"] == 64 and rec["train_images"] > 0
-    assert [(x["name"], x["start"], x["stop"]) for x in rec["layers"]] == [("features", 0, 256), ("penultimate", 256, 320)]
+    # seed_cnn: the spatial spread of its quarter-resolution map (64 channels), its last feature map
+    # averaged (256), then its 64 penultimate features
+    assert rec["quantile"] == 0.95 and rec["features"] == 384 and rec["penultimate_features"] == 64 and rec["train_images"] > 0
+    assert [(x["name"], x["start"], x["stop"], x["method"]) for x in rec["layers"]] == [
+        ("features.7:std", 0, 64, "knn"), ("features", 64, 320, "mahalanobis"), ("penultimate", 320, 384, "mahalanobis")]
+    assert rec["layers"][0]["k"] == 1
     assert rec["threshold"] == 1.0 and all(x["threshold"] > 0 for x in rec["layers"])
     assert (tiny_run / "ood.safetensors").is_file()
     assert run.record.ood is not None and run.record.ood.threshold == rec["threshold"]
-    assert [x.name for x in run.record.ood.layers] == ["features", "penultimate"] and run.record.ood.combine.startswith("max")
+    assert [x.name for x in run.record.ood.layers] == ["features.7:std", "features", "penultimate"]
+    assert run.record.ood.layers[0].method == "knn" and run.record.ood.combine.startswith("max")
     guard, reason = load_guard(run)
     assert guard is not None and reason == "" and guard.reference.shape[1] == 64  # the shift check's penultimate features
 

@@ -32,7 +32,9 @@ class SeedCNN(nn.Module):
             nn.Linear(64, num_classes),
         )
         self.num_classes = num_classes
-        self.guard_layers = [("features", c)]  # the last feature map, pooled (engine.guard_layers)
+        # engine.guard_layers: the spread of the quarter-resolution map (after the second pool), the
+        # average of the last one
+        self.guard_layers = [("features.7", widths[1], "std"), ("features", c)]
 
     def forward_features(self, x):
         return self.features(x)

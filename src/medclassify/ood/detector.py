@@ -9,12 +9,14 @@ Higher scores are less like the training images. The threshold is a quantile of 
 held-out validation images, so that share of in-distribution images passes. Stored as plain
 tensors in safetensors (no pickle), with the method, threshold and k in its metadata.
 
-Layered (Lee et al. 2018, feature ensemble): one Mahalanobis detector per slice of the features
-(earlier layers' pooled activations, then the penultimate features); the score is the largest
-ratio of a slice's score to that slice's own threshold, flagged above 1. The penultimate slice's
-threshold is the held-out quantile; each earlier slice's is the largest held-out score, or their
-mean + 4 standard deviations where that is higher (a few held-out images: their largest score is a
-low quantile), so those flag no held-out image and the held-out pass rate stays the quantile."""
+Layered (Lee et al. 2018, feature ensemble): one detector per slice of the features (earlier
+layers' pooled activations, then the penultimate features), Mahalanobis unless the layer asks for
+the distance to the nearest training image (`knn` with k = 1: the spatial-spread features, whose
+training images form no class clusters); the score is the largest ratio of a slice's score to that
+slice's own threshold, flagged above 1. The penultimate slice's threshold is the held-out quantile;
+each earlier slice's is the largest held-out score, or their mean + 4 standard deviations where that
+is higher (a few held-out images: their largest score is a low quantile), so those flag no held-out
+image and the held-out pass rate stays the quantile."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ METHODS = ("mahalanobis", "knn")
 KNN_K = 10
 EARLY_SPREAD = 4.0  # an earlier layer's threshold: at least its held-out mean + 4 standard deviations
 MAX_BANK = 10000  # training images kept for kNN: scoring one image stays well under a millisecond
+_TENSORS = {"mahalanobis": ("center", "whiten", "means"), "knn": ("bank",)}
 
 
 @dataclass
@@ -97,17 +100,26 @@ class Layered:
         return s, s <= self.threshold
 
     def describe(self) -> list[dict]:
-        return [{"name": name, "start": a, "stop": b, "threshold": det.threshold} for name, a, b, det in self.parts]
+        return [{"name": name, "start": a, "stop": b, "threshold": det.threshold, "method": det.method,
+                 **({"k": det.k} if det.method == "knn" else {})} for name, a, b, det in self.parts]
+
+
+LAYER_KNN_K = 1  # an earlier layer's kNN: the nearest training image
 
 
 def fit_layered(features: np.ndarray, labels: np.ndarray, held_out: np.ndarray, quantile: float,
-                layers: list[tuple[str, int]]) -> tuple[Layered, np.ndarray]:
-    """Mahalanobis on each of `layers` (name, width; the penultimate slice, the rest of the columns,
-    comes last) and the held-out scores of the result."""
+                layers: list[tuple]) -> tuple[Layered, np.ndarray]:
+    """A detector on each of `layers` ((name, width) or (name, width, method), method "mahalanobis"
+    by default or "knn"; the penultimate slice, Mahalanobis on the rest of the columns, comes last)
+    and the held-out scores of the result."""
     parts, start = [], 0
+    specs = [(layer[0], int(layer[1]), layer[2] if len(layer) > 2 else "mahalanobis") for layer in layers]
     total = features.shape[1]
-    for name, width in [*layers, ("penultimate", total - sum(w for _, w in layers))]:
-        det = fit_mahalanobis(features[:, start : start + width], labels)
+    for name, width, method in [*specs, ("penultimate", total - sum(w for _, w, _ in specs), "mahalanobis")]:
+        if method not in METHODS:
+            raise ValueError(f"unknown OOD method {method!r} for layer {name!r} (one of {', '.join(METHODS)})")
+        det = (fit_mahalanobis(features[:, start : start + width], labels) if method == "mahalanobis"
+               else fit_knn(features[:, start : start + width], k=LAYER_KNN_K))
         scores = det.score(held_out[:, start : start + width])
         det.threshold = float(np.quantile(scores, quantile, method="higher") if name == "penultimate"
                               else max(scores.max(), scores.mean() + EARLY_SPREAD * scores.std()))
@@ -188,14 +200,14 @@ def load_detector(path) -> tuple[Detector | Layered, dict[str, np.ndarray]]:
     if "layers" in meta:
         parts = []
         for layer in json.loads(meta["layers"]):
-            name = layer["name"]
-            det = Detector(method, {k: tensors.pop(f"{name}/{k}") for k in ("center", "whiten", "means")}, float(layer["threshold"]))
+            name, own_method = layer["name"], layer.get("method", method)
+            det = Detector(own_method, {k: tensors.pop(f"{name}/{k}") for k in _TENSORS[own_method]}, float(layer["threshold"]),
+                           int(layer.get("k", KNN_K)))
             parts.append((name, int(layer["start"]), int(layer["stop"]), det))
             if parts[-1][1] != (parts[-2][2] if len(parts) > 1 else 0) or det.dim != parts[-1][2] - parts[-1][1]:
                 raise ValueError(f"layer {name!r} does not fit its slice of the features")
         rest = {k: v for k, v in meta.items() if k not in ("method", "threshold", "layers", "combine")}
         return Layered(parts, float(meta["threshold"]), rest, method, meta.get("combine", Layered.combine)), tensors
-    own = ("center", "whiten", "means") if method == "mahalanobis" else ("bank",)
-    det = Detector(method, {k: tensors.pop(k) for k in own}, float(meta["threshold"]), int(meta.get("k", KNN_K)),
+    det = Detector(method, {k: tensors.pop(k) for k in _TENSORS[method]}, float(meta["threshold"]), int(meta.get("k", KNN_K)),
                    {k: v for k, v in meta.items() if k not in ("method", "threshold", "k")})
     return det, tensors

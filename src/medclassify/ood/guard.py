@@ -1,10 +1,11 @@
 """A run's out-of-distribution guard: fitted on its training images' features (the one forward pass,
 engine.py, with the run's TTA choice: the pooled outputs of engine.guard_layers, then the
 penultimate features), thresholded on its validation images, stored as ood.safetensors with its
-facts in run.json ("ood": "layers" says which columns are which layer, and how they combine). It
-holds the validation images' penultimate features too: the reference of the shift check
-(evaluation/shift.py). A guard fitted before the layers were added reads the penultimate features
-alone: the last columns of the features, which is where they still are.
+facts in run.json ("ood": "layers" says which columns are which layer, which detector scores them,
+and how they combine). It holds the validation images' penultimate features too: the reference of
+the shift check (evaluation/shift.py). A guard fitted on fewer layers (the penultimate features
+alone, or without the newest layer) reads the last columns of the features, which is where its own
+still are: engine.guard_layers puts newer layers first.
 
 A guard belongs to one set of weights: run.json records their version and the file's SHA-256, and a
 guard that no longer matches (weights changed, file edited) is reported absent, never used."""
@@ -21,7 +22,7 @@ import torch
 from ..data.cache import ImageCache
 from ..data.prepare import load_cache
 from ..data.sources import Record
-from ..engine import Net, guard_layers, has_feature_head, predict_rows
+from ..engine import GuardLayer, Net, guard_layers, has_feature_head, predict_rows
 from ..io import file_sha256
 from ..reporting import Reporter
 from ..run import Run
@@ -32,6 +33,12 @@ DEFAULT_METHOD = "mahalanobis"  # measured against knn in benchmarks/ood.py (REA
 DEFAULT_QUANTILE = 0.95
 MAX_FIT_IMAGES = 20000  # training images embedded for the fit (a random subset beyond)
 MAX_REFERENCE = 1000  # held-out images kept as the shift check's reference
+LAYER_METHOD = {"mean": "mahalanobis", "std": "knn"}  # how each pooling of an earlier layer is scored
+
+
+def layer_specs(layers) -> list[tuple[str, int, str]]:
+    """(part name, width, detector) of engine.guard_layers' layers (GuardLayer or (module, channels[, pool]))."""
+    return [(g.name, g.channels, LAYER_METHOD[g.pool]) for g in (GuardLayer(*layer) for layer in layers)]
 
 
 def weights_version(run_path: Path) -> str:
@@ -70,13 +77,13 @@ class Guard:
 
     def accepts(self, width: int) -> bool:
         """Whether features `width` wide (a network's features output) can be scored."""
-        return width == self.detector.dim if isinstance(self.detector, Layered) else width >= self.detector.dim
+        return width >= self.detector.dim
 
     def _own(self, features: np.ndarray) -> np.ndarray:
         f = np.asarray(features)
-        if isinstance(self.detector, Layered) or f.ndim != 2 or f.shape[1] <= self.detector.dim:
+        if f.ndim != 2 or f.shape[1] <= self.detector.dim:
             return f
-        return f[:, -self.detector.dim :]  # a penultimate-only guard: the last columns
+        return f[:, -self.detector.dim :]  # a guard fitted on fewer layers: the last columns
 
     def penultimate(self, features: np.ndarray) -> np.ndarray:
         f = np.asarray(features)
@@ -126,8 +133,9 @@ def store_guard(run: Run, f_train: np.ndarray, labels: np.ndarray, f_held: np.nd
     """Fit the detector on training features, threshold it on the held-out (validation) features and
     store it in the run; returns its run.json record. fit_guard computes the features; `layers`
     (engine.guard_layers) names their first columns, the penultimate features are the rest.
-    Mahalanobis reads every layer (detector.Layered); kNN the penultimate features alone."""
-    layers = list(layers or [])
+    The default ("mahalanobis") reads every layer (detector.Layered, each layer scored as LAYER_METHOD
+    says); "knn" the penultimate features alone."""
+    layers = layer_specs(layers or [])
     t0 = time.perf_counter() if t0 is None else t0
     rng = np.random.default_rng(seed)
     held_split = "val"
@@ -136,7 +144,7 @@ def store_guard(run: Run, f_train: np.ndarray, labels: np.ndarray, f_held: np.nd
         cut = max(1, len(order) // 10)
         f_held, f_train, labels = f_train[order[:cut]], f_train[order[cut:]], labels[order[cut:]]
         held_split = "train (a held-out tenth)"
-    skip = sum(w for _, w in layers)
+    skip = sum(w for _, w, _ in layers)
     if layers and method == "mahalanobis":
         detector, held_scores = fit_layered(f_train, labels, f_held, quantile, layers)
         finite = all(np.isfinite(det.threshold) for *_, det in detector.parts)
