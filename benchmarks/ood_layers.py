@@ -7,7 +7,9 @@ penultimate features, fits class-conditional Mahalanobis (shared Ledoit-Wolf cov
 training images, thresholds at --quantile of the validation images and reports, per layer and for
 combinations (each layer's score standardised by its validation scores, then the max or the sum):
 AUROC and share flagged of the other MRI set's test images and of chest_xray test images (own test
-split as the in-distribution side), and the share of the own test split flagged.
+split as the in-distribution side), and the share of the own test split flagged. Each layer is also
+scored by the cosine distance to its nearest training image (the guard's kNN, k = 1), at the
+validation quantile and above every validation image.
 
     OMP_NUM_THREADS=1 python benchmarks/ood_layers.py
     OMP_NUM_THREADS=1 python benchmarks/ood_layers.py --reuse        # score the saved activations again
@@ -165,6 +167,23 @@ def evaluate(feats: dict[str, dict[str, np.ndarray]], quantile: float) -> dict:
     for name, (how, use) in combos.items():
         agg = np.max if how == "max" else np.sum
         out["combined"][name] = figures({s: agg(np.stack([z[lay][s] for lay in use]), 0) for s in z[use[0]]})
+    out["nearest"] = nearest_neighbour(feats, layers, foreign, figures)
+    return out
+
+
+def nearest_neighbour(feats, layers, foreign, figures) -> dict:
+    """Each layer scored by the cosine distance to its nearest training image (the guard's kNN, k = 1),
+    thresholded at the validation quantile and by the guard's rule for an earlier layer (above every
+    validation image, at least their mean + 4 SD)."""
+    from medclassify.ood.detector import EARLY_SPREAD, fit_knn
+
+    out = {}
+    for layer in layers:
+        det = fit_knn(feats["train"][layer], k=1)
+        scores = {s: det.score(feats[s][layer]) for s in ["val", "test", *foreign]}
+        val = scores["val"]
+        out[layer] = {"at validation quantile": figures(scores),
+                      "above every validation image": figures(scores, max(float(val.max()), float(val.mean() + EARLY_SPREAD * val.std())))}
     return out
 
 
@@ -182,6 +201,10 @@ def show(name: str, r: dict) -> None:
             for k, d in f.items() if k.startswith("flagged_above")))
     for combo, f in r["combined"].items():
         line(combo, f)
+    print("  nearest training image (k = 1, cosine):")
+    for layer, by in r.get("nearest", {}).items():
+        for rule, f in by.items():
+            line(f"{layer} {rule}", f)
 
 
 def main(argv=None) -> int:

@@ -79,6 +79,15 @@ class OODRecord(_Open):
     combine: str | None = None
 
 
+class AdaptationEstimate(_Open):
+    """The source and the adapted model's estimated accuracy on the new images (ood/estimate.py)."""
+
+    status: Literal["estimated", "unavailable"]
+    source: float | None = Field(None, ge=0, le=1)
+    adapted: float | None = Field(None, ge=0, le=1)
+    gain: bool | None = None
+
+
 class AdaptationRecord(_Open):
     """What `medclassify adapt` re-estimated the BatchNorm statistics on (training/adapt.py)."""
 
@@ -89,7 +98,8 @@ class AdaptationRecord(_Open):
     fingerprint: str
     guard: str
     alpha: float = Field(ge=0, le=1)
-    applied: bool = True  # false: no shift was found, the source's statistics were kept
+    applied: bool = True  # false: no shift was found, or no gain estimated; the source's statistics were kept
+    estimate: AdaptationEstimate | None = None
 
 
 class RunRecord(_Open):

@@ -150,8 +150,12 @@ def test_an_older_guard_reads_its_own_columns_of_wider_features(run_copy):
 def test_a_layered_guard_with_a_nearest_neighbour_layer_round_trips(tmp_path):
     rng = np.random.default_rng(2)
     train, labels = _features(rng, 300)
-    det, held_scores = fit_layered(train, labels, train[:60] + 0.01, 0.95, [("early:std", 8, "knn")])
-    assert det.parts[0][3].method == "knn" and det.parts[0][3].k == 1 and det.parts[1][3].method == "mahalanobis"
+    held = train[:60] + rng.normal(0, 0.05, (60, train.shape[1])).astype(np.float32)
+    det, held_scores = fit_layered(train, labels, held, 0.95, [("early:std", 8, "knn")])
+    near = det.parts[0][3]
+    assert near.method == "knn" and near.k == 1 and det.parts[1][3].method == "mahalanobis"
+    # twice the distance within which 95% of held-out images find their nearest training image
+    assert near.threshold == pytest.approx(2 * np.quantile(near.score(held[:, :8]), 0.95)) and near.threshold > 1e-5
     save_detector(det, tmp_path / "g.safetensors")
     back, _ = load_detector(tmp_path / "g.safetensors")
     assert [(n, a, b, d.method, d.k) for n, a, b, d in back.parts] == [(n, a, b, d.method, d.k) for n, a, b, d in det.parts]

@@ -39,6 +39,30 @@ def new_site(small_dataset, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def estimable_run(small_dataset, tmp_path_factory):
+    """The tiny run's recipe with a quarter of its training images held out for validation: enough
+    (at least MIN_VALIDATION) for adapt's accuracy estimate, which the tiny run's 4 cannot give."""
+    from medclassify.config import TrainConfig
+    from medclassify.reporting import Reporter
+    from medclassify.training.adapt import MIN_VALIDATION
+    from medclassify.training.fit import train
+
+    out = tmp_path_factory.mktemp("runs") / "estimable"
+    config = TrainConfig(data=str(small_dataset), out=str(out), model="seed_cnn", image_size=32, epochs=3, time_budget=None,
+                         batch_size=16, augment="light", early_stopping=0, normalize="fixed", lr=3e-3, val_fraction=0.45)
+    run = train(config, reporter=Reporter(quiet=True)).run_dir
+    assert len(load_run(run).records("val")) >= MIN_VALIDATION
+    return run
+
+
+@pytest.fixture
+def estimable_copy(estimable_run, tmp_path):
+    dest = tmp_path / "run"
+    shutil.copytree(estimable_run, dest)
+    return dest
+
+
 def test_adapt_changes_the_batchnorm_statistics_and_nothing_else(run_copy, new_site, tmp_path):
     (run_copy / "model.onnx").write_bytes(b"stale")  # an export of the old weights
     (run_copy / "export.json").write_text("{}")
@@ -58,6 +82,8 @@ def test_adapt_changes_the_batchnorm_statistics_and_nothing_else(run_copy, new_s
     assert Path(record.images_folder) == new_site.resolve() and Path(record.source_run) == run_copy.resolve()
     assert record.fingerprint and run.info["adaptation"]["bn_layers"] == 5
     assert record.applied and run.info["adaptation"]["shift"]["shift"] is True  # darker, flatter images: a shift
+    # too few validation images (4) for the accuracy estimate: adapted, and the record says why
+    assert record.estimate.status == "unavailable" and "validation images" in run.info["adaptation"]["estimate"]["reason"]
     assert not (out / "model.onnx").exists() and not (out / "export.json").exists() and not (out / "metrics").exists()
     assert len((out / "adaptation.csv").read_text().splitlines()) == n + 1
     # the source's guard described the source features: the adapted run has its own, fitted again
@@ -206,3 +232,69 @@ def test_adapted_run_evaluates_with_the_source_temperature(run_copy, new_site, t
     from medclassify.reports.report import _configuration
 
     assert "re-estimated without labels" in dict(_configuration(run))["adapted"]
+
+
+def test_the_estimate_compares_both_models_on_the_site_images(estimable_copy, new_site, tmp_path):
+    from medclassify.data.cache import build_cache
+    from medclassify.engine import forward_images
+    from medclassify.ood.estimate import confidence_threshold, estimated_accuracy
+
+    result = adapt_run(estimable_copy, new_site, tmp_path / "adapted")
+    a = result.record
+    assert a["shift"]["shift"] is True and a["estimate"]["status"] == "estimated"
+    assert a["applied"] is a["estimate"]["gain"] is (a["estimate"]["adapted"] > a["estimate"]["source"])
+    # the same figures, recomputed: the source model's validation threshold on both models' probabilities
+    run = load_run(estimable_copy)
+    prep = run.preprocessing
+    val = run.records("val")
+    vc = build_cache([r.path for r in val], prep.image_size, prep.resize, prep.channels)
+    vp = forward_images(run.build_model(), np.asarray(vc.images[vc.rows([r.path for r in val])]), prep, tta=run.tta,
+                        temperature=run.temperature)[0]
+    t = confidence_threshold(vp, np.array([run.classes.index(r.label) for r in val]))
+    assert a["estimate"]["threshold"] == pytest.approx(t, abs=1e-6) and a["estimate"]["validation_images"] == len(val)
+    paths = sorted(str(p) for p in new_site.rglob("*.png"))
+    sc = build_cache(paths, prep.image_size, prep.resize, prep.channels)
+    site = np.asarray(sc.images[sc.rows(paths)])
+    source = estimated_accuracy(forward_images(run.build_model(), site, prep, tta=run.tta, temperature=run.temperature)[0], t)
+    assert a["estimate"]["source"] == pytest.approx(source, abs=1e-4)
+    if a["applied"]:
+        adapted = load_run(result.run_dir).build_model()
+        assert a["estimate"]["adapted"] == pytest.approx(
+            estimated_accuracy(forward_images(adapted, site, prep, tta=run.tta, temperature=run.temperature)[0], t), abs=1e-4)
+
+
+def test_a_shift_without_an_estimated_gain_keeps_the_source_weights(estimable_copy, new_site, tmp_path, monkeypatch):
+    """The shift check finds the site differs, but the adapted model is not estimated to be more
+    accurate on its images (here: a confidence threshold no image reaches, so both estimates are 0):
+    the new run holds the source weights and guard, says why, and --when always still adapts."""
+    import medclassify.training.adapt as adapt_module
+
+    run_copy = estimable_copy
+    monkeypatch.setattr(adapt_module, "confidence_threshold", lambda probs, labels: 1.5)
+    code, text = _run_cli_in_process(run_copy, new_site, tmp_path / "kept")
+    assert code == 0 and "would not raise the estimated accuracy (0.0% -> 0.0%)" in text, text
+    kept = load_run(tmp_path / "kept")
+    a = kept.info["adaptation"]
+    assert a["applied"] is False and a["shift"]["shift"] is True and a["bn_layers"] == 0
+    assert a["estimate"] == {**a["estimate"], "status": "estimated", "source": 0.0, "adapted": 0.0, "gain": False}
+    assert a["estimate"]["validation_images"] == len(load_run(run_copy).records("val"))
+    assert (tmp_path / "kept" / "model.safetensors").read_bytes() == (run_copy / "model.safetensors").read_bytes()
+    assert load_guard(kept)[0] is not None
+    from medclassify.reports.report import _configuration
+
+    assert "estimated accuracy on them was not higher" in dict(_configuration(kept))["adapted"]
+    forced = adapt_run(run_copy, new_site, tmp_path / "forced", when="always")
+    assert forced.record["applied"] is True and "estimate" not in forced.record
+
+
+def _run_cli_in_process(run, images, out) -> tuple[int, str]:
+    """The adapt command in this process (so a monkeypatch reaches it), with its printed output."""
+    import contextlib
+    import io
+
+    from medclassify.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        code = main(["adapt", str(run), str(images), "--out", str(out)])
+    return code, buf.getvalue()

@@ -20,8 +20,10 @@ def adapt(
     alpha: float = typer.Option(1.0, "--alpha", min=0.0, max=1.0, help="Weight of the new site's statistics (1: theirs "
                                                                        "alone; 0.5: halfway between training and new site)."),
     when: str = typer.Option("shift", "--when", help="shift: adapt only when the shift check finds the images differ "
-                                                      "from the training distribution (else the new run keeps the "
-                                                      "source weights); always: adapt regardless."),
+                                                      "from the training distribution and the adapted model's "
+                                                      "estimated accuracy on them (from its confidence) is higher "
+                                                      "(else the new run keeps the source weights); always: adapt "
+                                                      "regardless."),
     batch_size: int = typer.Option(32, "--batch-size", min=2, help="Images per forward pass."),
     seed: int = typer.Option(0, help="Seed of the order (and of the re-weighted draw) of the images."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder (only a medclassify run)."),
@@ -39,8 +41,10 @@ def adapt(
                        reporter=_reporter(quiet), when=when)
     skipped = f", {result.unreadable} unreadable left out" if result.unreadable else ""
     if not result.record["applied"]:
-        typer.echo(f"Run written to {result.run_dir} with the source weights unchanged: no shift found "
-                   f"(p = {result.record['shift']['p_value']:.3g}; {result.images} images{skipped}).")
+        est = result.record.get("estimate") or {}
+        why = (f"adapting would not raise the estimated accuracy ({100 * est['source']:.1f}% -> {100 * est['adapted']:.1f}%)"
+               if est.get("status") == "estimated" else f"no shift found (p = {result.record['shift']['p_value']:.3g})")
+        typer.echo(f"Run written to {result.run_dir} with the source weights unchanged: {why}; {result.images} images{skipped}.")
         return
     typer.echo(f"Adapted run written to {result.run_dir} ({result.images} images{skipped}; "
                f"{result.record['bn_layers']} BatchNorm layers re-estimated, guard {guard}, alpha {alpha:g})")

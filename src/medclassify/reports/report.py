@@ -171,7 +171,13 @@ def _configuration(run: Run) -> list[tuple[str, str]]:
              ("data", c.get("data")), ("created", run.info.get("created")), ("run directory", str(run.path)),
              ("medclassify", run.info.get("medclassify_version"))]
     a = run.info.get("adaptation")
-    if a and a.get("applied") is False:
+    est = (a or {}).get("estimate") or {}
+    if a and a.get("applied") is False and est.get("status") == "estimated":
+        items.append(("adapted", f"not adapted: {a.get('images')} images of {a.get('images_folder')} differ from the "
+                                 f"training distribution (p = {(a.get('shift') or {}).get('p_value')}), but the adapted "
+                                 f"model's estimated accuracy on them was not higher ({est.get('source')} -> "
+                                 f"{est.get('adapted')}); source run {a.get('source_run')}"))
+    elif a and a.get("applied") is False:
         items.append(("adapted", f"not adapted: no shift found between {a.get('images')} images of "
                                  f"{a.get('images_folder')} and the training distribution (p = "
                                  f"{(a.get('shift') or {}).get('p_value')}); source run {a.get('source_run')}"))
