@@ -139,9 +139,12 @@ def adapted_run(run, paths: list[str], name: str, side: str, args) -> Path:
 
 
 def adaptation_of(run_dir: Path) -> dict:
-    """Whether the verb adapted (its shift check of the adaptation half), from the new run's record."""
+    """Whether the verb adapted (its shift check of the adaptation half, and its accuracy estimate of
+    the source and the adapted model on that half), from the new run's record."""
     a = json.loads((run_dir / "run.json").read_text())["adaptation"]
-    return {"applied": a.get("applied", True), "adaptation_half_p_value": (a.get("shift") or {}).get("p_value")}
+    est = a.get("estimate") or {}
+    return {"applied": a.get("applied", True), "adaptation_half_p_value": (a.get("shift") or {}).get("p_value"),
+            **({"estimated_accuracy": {"source": est["source"], "adapted": est["adapted"]}} if est.get("status") == "estimated" else {})}
 
 
 def same_site_rows(run, model, args) -> list[dict]:
@@ -243,19 +246,26 @@ def bench_run(run_path: Path, args) -> dict:
     return out
 
 
+def decision(row: dict) -> str:
+    """What the verb did with the half: adapted, or why not (no shift; no estimated gain)."""
+    if row.get("applied", True):
+        return "adapted"
+    return "no est. gain" if "estimated_accuracy" in row else "no shift"
+
+
 def table(results: list[dict]) -> str:
-    lines = [f"{'dataset':16s} {'adapt->score':12s} {'n':>5s} {'acc src':>8s} {'acc adapt':>9s} {'bal src':>8s} {'bal adapt':>9s} {'adapted':>8s}"]
+    lines = [f"{'dataset':16s} {'adapt->score':12s} {'n':>5s} {'acc src':>8s} {'acc adapt':>9s} {'bal src':>8s} {'bal adapt':>9s} {'decision':>12s}"]
     for r in results:
         for row in r["rows"]:
             lines.append(f"{r['dataset']:16s} {row['adapted_on'] + '->' + row['scored_on']:12s} {row['n']:5d} "
                          f"{100 * row['accuracy']['source']:7.1f}% {100 * row['accuracy']['adapted']:8.1f}% "
                          f"{100 * row['balanced_accuracy']['source']:7.1f}% {100 * row['balanced_accuracy']['adapted']:8.1f}% "
-                         f"{'yes' if row.get('applied', True) else 'no shift':>8s}")
+                         f"{decision(row):>12s}")
         for row in r.get("val_rows", []):
             lines.append(f"{r['dataset']:16s} val {row['adapted_on'] + '->' + row['scored_on']:8s} {row['n']:5d} "
                          f"{100 * row['accuracy']['source']:7.1f}% {100 * row['accuracy']['adapted']:8.1f}% "
                          f"{100 * row['balanced_accuracy']['source']:7.1f}% {100 * row['balanced_accuracy']['adapted']:8.1f}% "
-                         f"{'yes' if row.get('applied', True) else 'no shift':>8s}")
+                         f"{decision(row):>12s}")
         for row in r.get("compare", []):
             cells = " ".join(f"{k} {100 * row[k]['accuracy']:.1f}/{100 * row[k]['balanced_accuracy']:.1f}"
                              for k in ["source", *VARIANTS])
