@@ -43,24 +43,32 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_run(small_dataset, tmp_path_factory):
-    """A trained seed_cnn run (32 px, 3 epochs, a few seconds) on small_dataset, with a test split.
-    Tests that modify a run copy it first (see run_copy)."""
+def train_tiny(data, out, **overrides) -> Path:
+    """A seed_cnn run (32 px, 3 epochs, a few seconds) on `data`; `overrides` change the config."""
     from medclassify.config import TrainConfig
     from medclassify.reporting import Reporter
     from medclassify.training.fit import train
 
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    config = TrainConfig(data=str(small_dataset), out=str(out), model="seed_cnn", image_size=32, epochs=3,
-                         time_budget=None, batch_size=16, augment="light", early_stopping=0, normalize="fixed", lr=3e-3)
+    config = TrainConfig(**{"data": str(data), "out": str(out), "model": "seed_cnn", "image_size": 32, "epochs": 3,
+                            "time_budget": None, "batch_size": 16, "augment": "light", "early_stopping": 0,
+                            "normalize": "fixed", "lr": 3e-3, **overrides})
     return train(config, reporter=Reporter(quiet=True)).run_dir
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_run(small_dataset, tmp_path_factory):
+    """A trained seed_cnn run on small_dataset, with a test split. Tests that modify a run copy it
+    first (see run_copy)."""
+    return train_tiny(small_dataset, tmp_path_factory.mktemp("runs") / "tiny")
 
 
 @pytest.fixture
 def run_copy(tiny_run, tmp_path):
-    import shutil
-
-    dest = tmp_path / "run"
-    shutil.copytree(tiny_run, dest)
-    return dest
+    return copy_run(tiny_run, tmp_path / "run")

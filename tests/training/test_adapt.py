@@ -17,6 +17,7 @@ from medclassify.data.preprocessing import Preprocessing
 from medclassify.ood import load_guard
 from medclassify.run import load_run
 from medclassify.training.adapt import adapt_batchnorm, adapt_run, class_weights, resample
+from tests.conftest import copy_run, train_tiny
 
 BN_STATS = ("running_mean", "running_var")
 
@@ -41,26 +42,18 @@ def new_site(small_dataset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def estimable_run(small_dataset, tmp_path_factory):
-    """The tiny run's recipe with a quarter of its training images held out for validation: enough
-    (at least MIN_VALIDATION) for adapt's accuracy estimate, which the tiny run's 4 cannot give."""
-    from medclassify.config import TrainConfig
-    from medclassify.reporting import Reporter
+    """The tiny run's recipe with 45% of its training images held out for validation: enough (at
+    least MIN_VALIDATION) for adapt's accuracy estimate, which the tiny run's 4 cannot give."""
     from medclassify.training.adapt import MIN_VALIDATION
-    from medclassify.training.fit import train
 
-    out = tmp_path_factory.mktemp("runs") / "estimable"
-    config = TrainConfig(data=str(small_dataset), out=str(out), model="seed_cnn", image_size=32, epochs=3, time_budget=None,
-                         batch_size=16, augment="light", early_stopping=0, normalize="fixed", lr=3e-3, val_fraction=0.45)
-    run = train(config, reporter=Reporter(quiet=True)).run_dir
+    run = train_tiny(small_dataset, tmp_path_factory.mktemp("runs") / "estimable", val_fraction=0.45)
     assert len(load_run(run).records("val")) >= MIN_VALIDATION
     return run
 
 
 @pytest.fixture
 def estimable_copy(estimable_run, tmp_path):
-    dest = tmp_path / "run"
-    shutil.copytree(estimable_run, dest)
-    return dest
+    return copy_run(estimable_run, tmp_path / "run")
 
 
 def test_adapt_changes_the_batchnorm_statistics_and_nothing_else(run_copy, new_site, tmp_path):
