@@ -133,7 +133,9 @@ def score_latency_ms(detector, feature: np.ndarray, repeats: int = 200) -> float
 
 def predictor_latency_ms(run_path: Path, image: np.ndarray, repeats: int = 40) -> dict:
     """Single-image predict_array on PyTorch, with and without the guard (the same forward pass),
-    interleaved call by call so a busy machine slows both alike."""
+    interleaved call by call so a busy machine slows both alike. "added" is the difference of the
+    medians; "added_paired" the median of the call-by-call differences, with its interquartile range
+    (a few milliseconds of noise per call hide a sub-millisecond cost from 40 calls)."""
     from medclassify.inference.predictor import Predictor
 
     with_guard, without = Predictor(run_path, backend="torch", threads=1), Predictor(run_path, backend="torch", threads=1)
@@ -148,6 +150,10 @@ def predictor_latency_ms(run_path: Path, image: np.ndarray, repeats: int = 40) -
                 times[name].append(time.perf_counter() - t)
     out = {k: round(float(np.median(v) * 1e3), 2) for k, v in times.items()}
     out["added"] = round(out["with_guard"] - out["without_guard"], 2)
+    diff = (np.array(times["with_guard"]) - np.array(times["without_guard"])) * 1e3
+    out["added_paired"] = round(float(np.median(diff)), 2)
+    out["added_paired_iqr"] = [round(float(q), 2) for q in np.percentile(diff, [25, 75])]
+    out["calls"] = repeats
     return out
 
 
@@ -297,7 +303,7 @@ def bench_run(src: Path, args, generated: dict[str, list[str]], reporter) -> dic
     result["cost_same_machine"] = {k: round(v, 5) for k, v in ratio.items()} | {"epochs": epochs}
     img = np.asarray(np.random.default_rng(1).integers(0, 256, (run.preprocessing.image_size,) * 2), dtype=np.uint8)
     torch.set_num_threads(1)
-    result["latency_ms"] = predictor_latency_ms(dest, img)
+    result["latency_ms"] = predictor_latency_ms(dest, img, args.latency_calls)
     torch.set_num_threads(args.threads)
     return result
 
@@ -331,6 +337,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quantile", type=float, default=0.95)
     ap.add_argument("--reuse", action="store_true", help="reuse the features a previous run saved in --work")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--latency-calls", type=int, default=40, help="single-image predictions timed with and without the guard")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ood.json")
     args = ap.parse_args(argv)
     import torch
