@@ -278,9 +278,13 @@ class Trainer:
         loss_sum = correct = seen = 0.0
         t_cal = None
         t_loop = time.perf_counter()
+        # closing(): a failing step stops the loader thread now, as the error unwinds, not when the
+        # traceback is freed: torchrun's SIGTERM could then land in the loader's cleanup, which Python
+        # can only report as "Exception ignored in" with a traceback.
         with self.reporter.task(f"epoch {epoch}/{state.epochs}", state.steps_per_epoch,
-                                fields="loss {task.fields[loss]:.4f}") as bar:
-            for b, (x, y) in enumerate(self.loader.epoch(order, state.gen)):
+                                fields="loss {task.fields[loss]:.4f}") as bar, \
+                contextlib.closing(self.loader.epoch(order, state.gen)) as batches:
+            for b, (x, y) in enumerate(batches):
                 self._set_lr(state)
                 loss, logits = self._step(state, x, y, epoch)
                 loss_sum += loss.item() * len(y)
