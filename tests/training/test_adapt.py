@@ -280,6 +280,20 @@ def test_a_shift_without_an_estimated_gain_keeps_the_source_weights(estimable_co
     assert forced.record["applied"] is True and "estimate" not in forced.record
 
 
+def test_without_a_guard_the_estimate_still_decides(estimable_copy, new_site, tmp_path, monkeypatch):
+    """No guard: no shift check, so adapt goes on to the estimate, which can still keep the source."""
+    import medclassify.training.adapt as adapt_module
+    from medclassify.reports.report import _configuration
+
+    load_run(estimable_copy).update(ood=None)
+    monkeypatch.setattr(adapt_module, "confidence_threshold", lambda probs, labels: 1.5)
+    code, text = _run_cli_in_process(estimable_copy, new_site, tmp_path / "kept")
+    assert code == 0 and "No shift check before adapting" in text and "Without a shift check" in text, text
+    a = load_run(tmp_path / "kept").info["adaptation"]
+    assert a["applied"] is False and a["shift"]["status"] == "unavailable" and a["estimate"]["gain"] is False
+    assert "were not checked for a shift" in dict(_configuration(load_run(tmp_path / "kept")))["adapted"]
+
+
 def _run_cli_in_process(run, images, out) -> tuple[int, str]:
     """The adapt command in this process (so a monkeypatch reaches it), with its printed output."""
     import contextlib

@@ -173,8 +173,10 @@ def _configuration(run: Run) -> list[tuple[str, str]]:
     a = run.info.get("adaptation")
     est = (a or {}).get("estimate") or {}
     if a and a.get("applied") is False and est.get("status") == "estimated":
-        items.append(("adapted", f"not adapted: {a.get('images')} images of {a.get('images_folder')} differ from the "
-                                 f"training distribution (p = {(a.get('shift') or {}).get('p_value')}), but the adapted "
+        shift = a.get("shift") or {}
+        differ = (f"differ from the training distribution (p = {shift.get('p_value')}), but"
+                  if shift.get("status") == "checked" else "were not checked for a shift (no guard), and")
+        items.append(("adapted", f"not adapted: {a.get('images')} images of {a.get('images_folder')} {differ} the adapted "
                                  f"model's estimated accuracy on them was not higher ({est.get('source')} -> "
                                  f"{est.get('adapted')}); source run {a.get('source_run')}"))
     elif a and a.get("applied") is False:

@@ -19,7 +19,6 @@ variant of AdaBN lowered accuracy. Otherwise the new run keeps the source weight
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,23 +180,30 @@ def _validation(run: Run, reporter: Reporter) -> tuple[np.ndarray, np.ndarray, n
     return cache.images, cache.rows([r.path for r in ok]), np.array([run.classes.index(r.label) for r in ok])
 
 
-def _estimate(run: Run, source: nn.Module, adapted: nn.Module, pixels: np.ndarray, source_probs: np.ndarray,
-              reporter: Reporter, batch_size: int) -> dict:
-    """Estimated accuracy (ood/estimate.py) of the source and the adapted model on the new images, with
-    the confidence threshold the source model's validation images give."""
+def _source_threshold(run: Run, source: nn.Module, reporter: Reporter, batch_size: int) -> dict:
+    """The confidence threshold of the source model's validation images (ood/estimate.py), computed
+    before the statistics change, or why there is none."""
     val = _validation(run, reporter)
     if val is None:
         return {"status": "unavailable", "reason": f"fewer than {MIN_VALIDATION} readable validation images"}
     images, rows, labels = val
     val_probs, _ = predict_rows(source, images, rows, run.preprocessing, batch_size=batch_size, tta=run.tta,
                                 temperature=run.temperature)
-    threshold = confidence_threshold(val_probs, labels)
+    return {"status": "estimated", "method": "ATC (Garg et al. 2022): share of images at least as confident as the "
+            "source model's validation accuracy implies", "threshold": confidence_threshold(val_probs, labels),
+            "validation_images": int(len(labels))}
+
+
+def _estimate(run: Run, threshold: dict, adapted: nn.Module, pixels: np.ndarray, source_probs: np.ndarray,
+              batch_size: int) -> dict:
+    """Estimated accuracy of the source and the adapted model on the new images, at `threshold`."""
+    if threshold["status"] != "estimated":
+        return threshold
     adapted_probs, _ = forward_images(adapted, pixels, run.preprocessing, tta=run.tta, temperature=run.temperature,
                                       batch_size=batch_size)
-    est = {"source": estimated_accuracy(source_probs, threshold), "adapted": estimated_accuracy(adapted_probs, threshold)}
-    return {"status": "estimated", "method": "ATC (Garg et al. 2022): share of images at least as confident as the "
-            "source model's validation accuracy implies", "threshold": round(threshold, 6),
-            "validation_images": int(len(labels)), **{k: round(v, 4) for k, v in est.items()},
+    t = threshold["threshold"]
+    est = {"source": estimated_accuracy(source_probs, t), "adapted": estimated_accuracy(adapted_probs, t)}
+    return {**threshold, "threshold": round(t, 6), **{k: round(v, 4) for k, v in est.items()},
             "gain": est["adapted"] > est["source"]}
 
 
@@ -267,17 +273,18 @@ def adapt_run(run: Run | str | Path, images: str | Path, out: str | Path, guard:
         reporter.warn(f"No shift check before adapting ({check['reason']}): adapting anyway.")
     estimate: dict = {}
     if applied:
-        source = copy.deepcopy(model) if when == "shift" else None
+        threshold = _source_threshold(run, model, reporter, batch_size) if when == "shift" else None
         info = adapt_batchnorm(model, pixels, prep, train_shares(run), guard=guard, alpha=alpha, batch_size=batch_size,
                                seed=seed, probs=source_probs)
-        if source is not None:
-            estimate = _estimate(run, source, model, pixels, source_probs, reporter, batch_size)
+        if threshold is not None:
+            estimate = _estimate(run, threshold, model, pixels, source_probs, batch_size)
             if estimate["status"] != "estimated":
                 reporter.warn(f"No accuracy estimate after adapting ({estimate['reason']}): the adaptation is kept.")
             elif not estimate["gain"]:
                 applied, info = False, {"bn_layers": 0}
-                reporter.warn(f"The new site's images differ from the training distribution (p = {check['p_value']:.3g}), "
-                              f"but the adapted model's estimated accuracy on them is not higher "
+                differ = (f"The new site's images differ from the training distribution (p = {check['p_value']:.3g}), but"
+                          if check.get("status") == "checked" else "Without a shift check,")
+                reporter.warn(f"{differ} the adapted model's estimated accuracy on them is not higher "
                               f"({100 * estimate['source']:.1f}% -> {100 * estimate['adapted']:.1f}%, from the models' "
                               f"confidence): the BatchNorm statistics are kept; {out} holds the source weights. Use "
                               "--when always to adapt anyway.")
